@@ -1,0 +1,87 @@
+//! Every way proxying a request can fail, and the one place that maps each to what the client gets.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::proxy::{full, ProxyBody};
+
+/// Why a request could not be proxied.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The app could not be reached (refused, unresolvable, connect timeout).
+    UpstreamConnect(String),
+    /// The app broke the exchange before a response head (reset, garbage, closed).
+    UpstreamProtocol(String),
+    /// The grace deadline arrived before the app answered.
+    Deadline,
+    /// A new upgrade (WebSocket) request during a drain: the client should reconnect elsewhere.
+    UpgradeWhileDraining,
+    /// The client sent something we cannot forward.
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    /// Classifies a hyper-util client error.
+    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        let detail = error_chain(&err);
+        if err.is_connect() {
+            ProxyError::UpstreamConnect(detail)
+        } else {
+            ProxyError::UpstreamProtocol(detail)
+        }
+    }
+
+    /// A short fixed word for the `kind` label of the upstream error metric.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::UpstreamConnect(_) => Some("connect"),
+            ProxyError::UpstreamProtocol(_) => Some("protocol"),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Deadline | ProxyError::UpgradeWhileDraining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The response the client gets. Errors after the drain started, and
+    /// every 503, also close the connection.
+    pub fn into_response(self, close: bool) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut res = Response::new(full(format!("{}\n", status.canonical_reason().unwrap_or("error"))));
+        *res.status_mut() = status;
+        let headers = res.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if close || status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyError::UpstreamConnect(e) => write!(f, "upstream unreachable: {e}"),
+            ProxyError::UpstreamProtocol(e) => write!(f, "upstream failed: {e}"),
+            ProxyError::Deadline => f.write_str("grace deadline reached before the upstream answered"),
+            ProxyError::UpgradeWhileDraining => f.write_str("upgrade refused while draining"),
+            ProxyError::BadRequest(e) => write!(f, "bad request: {e}"),
+        }
+    }
+}
+
+/// `outer: inner: root`, since hyper's top-level messages alone rarely say what happened.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

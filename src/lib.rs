@@ -1,0 +1,162 @@
+//! drainproxy: a reverse proxy that makes an app's shutdown lossless.
+//!
+//! The drain timeline, from the first SIGTERM/SIGINT or `POST /drain`:
+//!
+//! | when | what happens |
+//! |---|---|
+//! | t=0 | phase [`Phase::Draining`]: `/readyz` 503; every HTTP/1 response carries `Connection: close`; HTTP/2 gets GOAWAY; idle HTTP/1 sockets close once idle for `idle-grace`; the listener still accepts |
+//! | t=drain-delay | phase [`Phase::Closing`]: the listener closes; in-flight work continues |
+//! | Closing and no connection left | return (exit 0) |
+//! | t=drain-delay+grace | the cut: requests without a response head get 503, the rest are closed; return |
+//! | a second SIGTERM/SIGINT | return at once |
+//!
+//! [`run`] is the whole server; `main` only parses the config, sets up logs and
+//! feeds it the signals.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod drain;
+pub mod drain_client;
+pub mod error;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod signal;
+pub mod upstream;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use futures_util::{Stream, StreamExt};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, OnceCell},
+    time::Instant,
+};
+use tracing::{info, warn};
+
+pub use config::Config;
+pub use drain::Phase;
+pub use signal::Event;
+
+use crate::{
+    conn::ConnSettings,
+    drain::DrainControl,
+    metrics::Metrics,
+    proxy::Shared,
+};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every connection finished (or was cut at the deadline).
+    Drained,
+    /// A second stop signal: everything was closed at once.
+    Forced,
+}
+
+/// Binds, serves until the first [`Event::Stop`] (or `POST /drain`), drains,
+/// and returns when nothing is left. Errors only when it cannot start.
+pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) -> anyhow::Result<Outcome> {
+    let control = DrainControl::new();
+    let drain = control.handle();
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared {
+        client: upstream::client(config.upstream.clone(), config.upstream_connect_timeout),
+        metrics: metrics.clone(),
+        drain: drain.clone(),
+    });
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
+    let (trigger, mut admin_drain) = mpsc::channel(1);
+    let drain_started = Arc::new(OnceCell::new());
+    if let Some(addr) = config.admin {
+        let admin_listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind admin {addr}"))?;
+        info!(addr = %admin_listener.local_addr()?, "admin listening");
+        let admin = admin::Admin { drain: drain.clone(), metrics: metrics.clone(), trigger, drain_started: drain_started.clone() };
+        tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
+    }
+    info!(addr = %listener.local_addr()?, upstream = %config.upstream, "listening");
+    let settings = ConnSettings {
+        idle_grace: config.idle_grace,
+        max_header_bytes: config.max_header_bytes,
+        header_read_timeout: Duration::from_secs(30),
+    };
+    let accept = tokio::spawn(listener::accept_loop(listener, shared, settings));
+
+    // Serving: wait for the first stop.
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            event = events.next(), if events_open => match event {
+                Some(Event::Stop) => { info!(source = "signal", "drain started"); break }
+                Some(Event::Reload) => info!("SIGHUP: nothing to reload"),
+                None => events_open = false,
+            },
+            Some(()) = admin_drain.recv() => { info!(source = "admin", "drain started"); break }
+        }
+    }
+
+    let t0 = Instant::now();
+    let _ = drain_started.set(t0.into_std());
+    let at_start = drain.connections() as u64;
+    let accepted_before = metrics.connections_total.get();
+    let closing_at = t0 + config.drain_delay;
+    let deadline = closing_at + config.grace;
+    control.advance(Phase::Draining);
+    metrics.drain_phase.set(Phase::Draining as i64);
+
+    let mut accept = Some(accept);
+    let mut progress = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(closing_at), if accept.is_some() => {
+                control.advance(Phase::Closing);
+                metrics.drain_phase.set(Phase::Closing as i64);
+                // The accept loop ends promptly once it sees Closing; only then
+                // is the set of connections final.
+                let _ = accept.take().expect("guarded").await;
+                drain.tracker.close();
+                info!(connections = drain.connections(), "listener closed");
+            }
+            _ = drain.tracker.wait(), if accept.is_none() => break Outcome::Drained,
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(connections = drain.connections(), "grace deadline reached: cutting what is left");
+                control.cut();
+                // Each connection gets a moment to write the 503s it owes.
+                if tokio::time::timeout(Duration::from_secs(1), drain.tracker.wait()).await.is_err() {
+                    warn!(connections = drain.connections(), "connections still open after the cut; exiting anyway");
+                }
+                break Outcome::Drained;
+            }
+            _ = progress.tick() => info!(
+                phase = drain.phase().as_str(),
+                connections = drain.connections(),
+                in_flight = metrics.in_flight.get(),
+                idle = metrics.idle(),
+                upgraded = metrics.conn_upgraded.get(),
+                time_left_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+                "draining",
+            ),
+            event = events.next(), if events_open => match event {
+                Some(Event::Stop) => { warn!("second stop signal: closing everything now"); break Outcome::Forced }
+                Some(Event::Reload) => info!("SIGHUP during drain: nothing to reload"),
+                None => events_open = false,
+            },
+        }
+    };
+
+    let total = at_start + (metrics.connections_total.get() - accepted_before);
+    let cut = drain.cut_count();
+    info!(
+        duration_ms = t0.elapsed().as_millis() as u64,
+        connections = total,
+        finished = total.saturating_sub(cut),
+        cut,
+        forced = outcome == Outcome::Forced,
+        "drain complete",
+    );
+    Ok(outcome)
+}

@@ -1,0 +1,314 @@
+//! The per-request service: rewrite headers, forward to the app, stream the answer back, and tunnel upgrades.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    uri::{Authority, PathAndQuery, Scheme},
+    Request, Response, StatusCode, Uri, Version,
+};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::{debug, warn};
+
+use crate::{
+    conn::{ConnState, RequestGuard},
+    drain::Drain,
+    error::ProxyError,
+    metrics::Metrics,
+    upstream::{UpstreamClient, POOL_AUTHORITY},
+};
+
+/// What every connection's service shares.
+pub struct Shared {
+    pub client: UpstreamClient,
+    pub metrics: Arc<Metrics>,
+    pub drain: Drain,
+}
+
+/// The hyper service for one client connection.
+#[derive(Clone)]
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnState>,
+    pub peer: SocketAddr,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Proxy {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+impl Proxy {
+    async fn handle(self, mut req: Request<Incoming>) -> Response<TrackedBody> {
+        let mut guard = self.conn.begin(&self.shared.metrics);
+        let started = Instant::now();
+        let drain = &self.shared.drain;
+        let h1 = req.version() < Version::HTTP_2;
+        let upgrade = h1 && wants_upgrade(req.headers());
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+
+        let result = if upgrade && drain.is_draining() {
+            Err(ProxyError::UpgradeWhileDraining)
+        } else {
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            match self.prepare(&mut req, upgrade) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    let req = req.map(ProxyBody::Incoming);
+                    tokio::select! {
+                        res = self.shared.client.request(req) => res.map_err(ProxyError::from_client),
+                        _ = drain.cut() => Err(ProxyError::Deadline),
+                    }
+                    .map(|res| (res, client_upgrade))
+                }
+            }
+        };
+
+        let mut res = match result {
+            Ok((mut res, Some(client_upgrade))) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                self.tunnel(client_upgrade, hyper::upgrade::on(&mut res));
+                res.map(|_| ProxyBody::Empty)
+            }
+            Ok((res, _)) => {
+                let mut res = res.map(ProxyBody::Incoming);
+                strip_hop_by_hop(res.headers_mut(), false);
+                res
+            }
+            Err(e) => {
+                if let Some(kind) = e.kind() {
+                    self.shared.metrics.upstream_error(kind);
+                }
+                warn!(peer = %self.peer, %method, %uri, error = %e, "request failed");
+                e.into_response(drain.is_draining())
+            }
+        };
+        // Decided at the moment the head leaves: from t=0 of the drain every
+        // HTTP/1 response tells the client to go elsewhere.
+        if h1 && drain.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let metrics = &self.shared.metrics;
+        metrics.response(res.status());
+        metrics.request_duration.observe(started.elapsed().as_secs_f64());
+        guard.head_sent();
+        res.map(|body| TrackedBody { inner: body, _guard: guard })
+    }
+
+    /// Rewrites the request for the app: origin-form URI on the pool's
+    /// authority, `Host` kept, hop-by-hop headers dropped, forwarding headers set.
+    fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool) -> Result<(), ProxyError> {
+        if !req.headers().contains_key(header::HOST) {
+            // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
+            if let Some(auth) = req.uri().authority() {
+                let host = HeaderValue::from_str(auth.as_str()).map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
+        parts.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        let upgrade_value = headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(headers, true);
+        if let (true, Some(value)) = (upgrade, upgrade_value) {
+            headers.insert(header::UPGRADE, value);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        append_forwarded_for(headers, self.peer);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
+        Ok(())
+    }
+
+    /// Joins the client's and the app's upgraded sockets, as a tracked task
+    /// that only the grace deadline interrupts.
+    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+        let (drain, metrics, peer) = (self.shared.drain.clone(), self.shared.metrics.clone(), self.peer);
+        // Spawned before the 101 goes out, so the tracker never sees zero
+        // connections between the HTTP connection ending and the tunnel starting.
+        self.shared.drain.tracker.spawn(async move {
+            let (client, upstream) = match tokio::join!(client, upstream) {
+                (Ok(c), Ok(u)) => (c, u),
+                (Err(e), _) | (_, Err(e)) => return debug!(%peer, error = %e, "upgrade failed"),
+            };
+            metrics.conn_upgraded.inc();
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            tokio::select! {
+                res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                    debug!(%peer, result = ?res, "tunnel closed");
+                }
+                _ = drain.cut() => {
+                    drain.count_cut();
+                    metrics.cut_total.inc();
+                    debug!(%peer, "tunnel cut at the grace deadline");
+                }
+            }
+            metrics.conn_upgraded.dec();
+        });
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set
+/// (RFC 9110 §7.6.1). `TE: trailers` is the one value a request may keep.
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = request && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_canonical().to_string();
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
+    let value = if prior.peek().is_some() { format!("{}, {ip}", prior.collect::<Vec<_>>().join(", ")) } else { ip };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// A body in either direction, without boxing.
+pub enum ProxyBody {
+    Incoming(Incoming),
+    Full(Option<Bytes>),
+    Empty,
+}
+
+/// A whole body from bytes (error pages, admin answers).
+pub fn full(data: impl Into<Bytes>) -> ProxyBody {
+    ProxyBody::Full(Some(data.into()))
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            _ => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is
+/// fully sent (or dropped with the connection).
+pub struct TrackedBody {
+    inner: ProxyBody,
+    _guard: RequestGuard,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, true);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-keep", "te"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        append_forwarded_for(&mut h, "[::ffff:127.0.0.1]:5".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+    }
+}
