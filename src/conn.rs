@@ -165,7 +165,7 @@ where
     metrics.conn_open.dec();
 }
 
-/// Returns true when the deadline cut the connection.
+/// Returns true when the deadline cut the connection (even if what it owed was still written).
 async fn serve_h1<IO>(io: TokioIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -192,10 +192,13 @@ where
     }
     // The deadline: a response already streaming cannot be saved on HTTP/1,
     // but a request still waiting for its head gets its 503 written.
-    state.streaming() || tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await.is_err()
+    if !state.streaming() {
+        let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;
+    }
+    true
 }
 
-/// Returns true when the deadline cut the connection.
+/// Returns true when the deadline cut the connection (even if what it owed was still written).
 async fn serve_h2<IO>(io: TokioIo<IO>, svc: Proxy, drain: &Drain) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -217,7 +220,8 @@ where
         _ = drain.cut() => {}
     }
     // Streams still waiting for a head get their 503 written; the rest are reset.
-    tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await.is_err()
+    let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;
+    true
 }
 
 fn finished(peer: SocketAddr, res: Result<(), hyper::Error>) -> bool {

@@ -88,16 +88,16 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
 
     // Serving: wait for the first stop.
     let mut events_open = true;
-    loop {
+    let source = loop {
         tokio::select! {
             event = events.next(), if events_open => match event {
-                Some(Event::Stop) => { info!(source = "signal", "drain started"); break }
+                Some(Event::Stop) => break "signal",
                 Some(Event::Reload) => info!("SIGHUP: nothing to reload"),
                 None => events_open = false,
             },
-            Some(()) = admin_drain.recv() => { info!(source = "admin", "drain started"); break }
+            Some(()) = admin_drain.recv() => break "admin",
         }
-    }
+    };
 
     let t0 = Instant::now();
     let _ = drain_started.set(t0.into_std());
@@ -107,6 +107,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     let deadline = closing_at + config.grace;
     control.advance(Phase::Draining);
     metrics.drain_phase.set(Phase::Draining as i64);
+    info!(source, drain_delay = ?config.drain_delay, grace = ?config.grace, idle_grace = ?config.idle_grace, "drain started");
 
     let mut accept = Some(accept);
     let mut progress = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
