@@ -231,7 +231,9 @@ impl FromStr for UpstreamAddr {
         let bad = || format!("invalid upstream {s:?}: expected :PORT, HOST:PORT, http://HOST:PORT or unix:/PATH");
         let rest = match s.split_once("://") {
             Some(("http", rest)) => rest.strip_suffix('/').unwrap_or(rest),
-            Some((scheme, _)) => return Err(format!("invalid upstream {s:?}: scheme {scheme:?} is not supported, use http://")),
+            Some((scheme, _)) => {
+                return Err(format!("invalid upstream {s:?}: scheme {scheme:?} is not supported, use http://"))
+            }
             None => s,
         };
         let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;

@@ -28,12 +28,17 @@ pub async fn drain(admin: SocketAddr, wait: bool, timeout: Duration) -> anyhow::
         let status = match request(admin, Method::GET, "/status").await {
             Ok((_, body)) => body,
             // The proxy exits as soon as nothing is left: that is success.
-            Err(_) => return Ok(eprintln!("drainproxy at {admin} has exited")),
+            Err(_) => {
+                eprintln!("drainproxy at {admin} has exited");
+                return Ok(());
+            }
         };
-        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')).unwrap_or("?").to_string();
+        let field =
+            |k: &str| status.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')).unwrap_or("?").to_string();
         let connections = field("connections");
         if connections == "0" && field("phase") == "closing" {
-            return Ok(eprintln!("drained: no connection left"));
+            eprintln!("drained: no connection left");
+            return Ok(());
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             eprintln!("waiting: phase {}, {connections} connections, {} in flight", field("phase"), field("in_flight"));
@@ -47,10 +52,12 @@ pub async fn drain(admin: SocketAddr, wait: bool, timeout: Duration) -> anyhow::
 }
 
 async fn request(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<(StatusCode, String)> {
-    let tcp = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await.context("connect timed out")??;
+    let tcp =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await.context("connect timed out")??;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
     tokio::spawn(conn);
-    let req = Request::builder().method(method).uri(path).header("host", addr.to_string()).body(Empty::<Bytes>::new())?;
+    let req =
+        Request::builder().method(method).uri(path).header("host", addr.to_string()).body(Empty::<Bytes>::new())?;
     let res = tokio::time::timeout(Duration::from_secs(5), send.send_request(req)).await.context("no answer")??;
     let status = res.status();
     let body = res.into_body().collect().await?.to_bytes();

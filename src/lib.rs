@@ -41,12 +41,7 @@ pub use config::Config;
 pub use drain::Phase;
 pub use signal::Event;
 
-use crate::{
-    conn::ConnSettings,
-    drain::DrainControl,
-    metrics::Metrics,
-    proxy::Shared,
-};
+use crate::{conn::ConnSettings, drain::DrainControl, metrics::Metrics, proxy::Shared};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +70,12 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     if let Some(addr) = config.admin {
         let admin_listener = TcpListener::bind(addr).await.with_context(|| format!("cannot bind admin {addr}"))?;
         info!(addr = %admin_listener.local_addr()?, "admin listening");
-        let admin = admin::Admin { drain: drain.clone(), metrics: metrics.clone(), trigger, drain_started: drain_started.clone() };
+        let admin = admin::Admin {
+            drain: drain.clone(),
+            metrics: metrics.clone(),
+            trigger,
+            drain_started: drain_started.clone(),
+        };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
     info!(addr = %listener.local_addr()?, upstream = %config.upstream, "listening");

@@ -23,7 +23,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match (command, config) {
-            (Some(Command::Drain { admin, wait, timeout }), _) => drainproxy::drain_client::drain(admin.0, wait, timeout).await,
+            (Some(Command::Drain { admin, wait, timeout }), _) => {
+                drainproxy::drain_client::drain(admin.0, wait, timeout).await
+            }
             (None, Ok(config)) => {
                 let signals = drainproxy::signal::events()?;
                 drainproxy::run(config, signals).await.map(drop)

@@ -46,7 +46,7 @@ impl Metrics {
         let by_class = Family::<Labels, Counter>::default();
         registry.register("requests", "Responses sent to clients, by status class", by_class.clone());
         let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| by_class.get_or_create(&vec![("class", c)]).clone());
-        let request_duration = Histogram::new([0.001, 0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0].into_iter());
+        let request_duration = Histogram::new([0.001, 0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0]);
         registry.register_with_unit(
             "request_duration",
             "Time from request to response head",
@@ -67,7 +67,11 @@ impl Metrics {
         let cut_total = Counter::default();
         registry.register("connections_cut", "Connections closed by the grace deadline", cut_total.clone());
         let tls_handshake_failures = Counter::default();
-        registry.register("tls_handshake_failures", "TLS handshakes that failed or timed out", tls_handshake_failures.clone());
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out",
+            tls_handshake_failures.clone(),
+        );
 
         Metrics {
             registry,

@@ -119,7 +119,8 @@ impl Proxy {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
             if let Some(auth) = req.uri().authority() {
-                let host = HeaderValue::from_str(auth.as_str()).map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                let host =
+                    HeaderValue::from_str(auth.as_str()).map_err(|_| ProxyError::BadRequest("invalid authority"))?;
                 req.headers_mut().insert(header::HOST, host);
             }
         }
@@ -197,7 +198,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     for name in named {
         headers.remove(name);
     }
-    let te_trailers = request && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers =
+        request && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [
         header::CONNECTION,
         KEEP_ALIVE,
