@@ -5,6 +5,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{error::ErrorKind, CommandFactory, Parser, Subcommand};
 use serde::{de, Deserialize, Deserializer};
 
+pub use crate::tls::TlsFiles;
+
 /// The raw command line. Every setting is an `Option` so that a flag or its
 /// environment variable wins over the file only when it was actually given.
 #[derive(Debug, Parser)]
@@ -34,6 +36,20 @@ pub enum Command {
         #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Exit 0 if the drainproxy on the admin address is alive (a container healthcheck without curl).
+    Health {
+        /// The admin address of the running drainproxy.
+        #[arg(long, env = "DRAINPROXY_ADMIN", default_value = "127.0.0.1:9901", value_parser = parse_listen)]
+        admin: ListenAddr,
+    },
+}
+
+/// What this invocation of the binary is asked to do.
+pub enum Invocation {
+    /// Run the proxy.
+    Serve(Config),
+    /// A subcommand that talks to a running proxy.
+    Client(Command),
 }
 
 /// One set of settings, as both the command line and the TOML file spell them.
@@ -68,9 +84,57 @@ pub struct RawSettings {
     #[arg(long, env = "DRAINPROXY_UPSTREAM_CONNECT_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub upstream_connect_timeout: Option<Duration>,
-    /// Largest request head accepted from a client; larger gets 431 [default: 64KiB as bytes: 65536]
+    /// Largest request head accepted from a client, in bytes; larger gets 431 [default: 65536]
     #[arg(long, env = "DRAINPROXY_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
+    /// Close a client connection that has not sent a complete request head within this long (slowloris) [default: 30s]
+    #[arg(long, env = "DRAINPROXY_HEADER_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// PEM certificate chain: terminate TLS on the listener (needs --tls-key)
+    #[arg(long, env = "DRAINPROXY_TLS_CERT", value_name = "PEM")]
+    #[serde(skip)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert
+    #[arg(long, env = "DRAINPROXY_TLS_KEY", value_name = "PEM")]
+    #[serde(skip)]
+    pub tls_key: Option<PathBuf>,
+    /// `[tls]` in the TOML file: `cert` and `key`.
+    #[arg(skip)]
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// Drop a TLS client that has not finished its handshake within this long [default: 10s]
+    #[arg(long, env = "DRAINPROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// The pod's terminationGracePeriodSeconds: warn at start if drain-delay + grace + 2s exceeds it
+    #[arg(long, env = "DRAINPROXY_TERMINATION_GRACE_PERIOD", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub termination_grace_period: Option<Duration>,
+    /// Log format on stderr: `text` or `json` [default: text]
+    #[arg(long, env = "DRAINPROXY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter (`info`, `debug`, `drainproxy=debug`); without it RUST_LOG is used [default: info]
+    #[arg(long, env = "DRAINPROXY_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where a listener binds.
@@ -104,9 +168,28 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub upstream_connect_timeout: Duration,
     pub max_header_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+    pub tls_handshake_timeout: Duration,
+    pub termination_grace_period: Option<Duration>,
+    pub log_format: LogFormat,
+    /// `None`: fall back to RUST_LOG, then `info`.
+    pub log_level: Option<String>,
 }
 
 impl Config {
+    /// The warning to log at start when the platform would SIGKILL the drain.
+    pub fn grace_period_warning(&self) -> Option<String> {
+        let period = self.termination_grace_period?;
+        let needed = self.drain_delay + self.grace + Duration::from_secs(2);
+        (needed > period).then(|| {
+            format!(
+                "drain-delay ({:?}) + grace ({:?}) + 2s = {:?} exceeds the termination grace period ({:?}): the drain would be SIGKILLed",
+                self.drain_delay, self.grace, needed, period
+            )
+        })
+    }
+
     /// A config with every default, for the given addresses (used by tests and `run` callers).
     pub fn new(listen: SocketAddr, upstream: UpstreamAddr) -> Self {
         Self::merge(RawSettings {
@@ -122,6 +205,16 @@ impl Config {
         let upstream = raw.upstream.ok_or_else(|| {
             "no upstream: give --upstream, DRAINPROXY_UPSTREAM or `upstream` in the config file".to_string()
         })?;
+        let file_tls = raw.tls.unwrap_or_default();
+        let tls = match (raw.tls_cert.or(file_tls.cert), raw.tls_key.or(file_tls.key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err("--tls-cert needs --tls-key (or `key` under [tls])".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert (or `cert` under [tls])".into()),
+        };
+        if raw.header_read_timeout == Some(Duration::ZERO) || raw.tls_handshake_timeout == Some(Duration::ZERO) {
+            return Err("header-read-timeout and tls-handshake-timeout must be greater than 0".into());
+        }
         let max_header_bytes = raw.max_header_bytes.unwrap_or(64 * 1024);
         // hyper's HTTP/1 parser needs room for at least one read buffer.
         if max_header_bytes < 8192 {
@@ -139,6 +232,12 @@ impl Config {
             },
             upstream_connect_timeout: raw.upstream_connect_timeout.unwrap_or(Duration::from_secs(5)),
             max_header_bytes,
+            header_read_timeout: raw.header_read_timeout.unwrap_or(Duration::from_secs(30)),
+            tls,
+            tls_handshake_timeout: raw.tls_handshake_timeout.unwrap_or(Duration::from_secs(10)),
+            termination_grace_period: raw.termination_grace_period,
+            log_format: raw.log_format.unwrap_or(LogFormat::Text),
+            log_level: raw.log_level,
         })
     }
 }
@@ -155,6 +254,15 @@ impl RawSettings {
             admin: self.admin.or(lower.admin),
             upstream_connect_timeout: self.upstream_connect_timeout.or(lower.upstream_connect_timeout),
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
+            header_read_timeout: self.header_read_timeout.or(lower.header_read_timeout),
+            // Flags and env name files one by one; the file's [tls] table is the lowest source.
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls: self.tls.or(lower.tls),
+            tls_handshake_timeout: self.tls_handshake_timeout.or(lower.tls_handshake_timeout),
+            termination_grace_period: self.termination_grace_period.or(lower.termination_grace_period),
+            log_format: self.log_format.or(lower.log_format),
+            log_level: self.log_level.or(lower.log_level),
         }
     }
 }
@@ -168,7 +276,8 @@ pub fn load_file(path: &std::path::Path) -> Result<RawSettings, String> {
 
 fn parse_file(text: &str) -> Result<RawSettings, String> {
     toml::from_str(text).map_err(|e| {
-        let msg = e.message().trim().to_string();
+        // toml's messages can span lines; an error is one line on stderr.
+        let msg = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         match e.span() {
             Some(span) => {
                 let line = text[..span.start].matches('\n').count() + 1;
@@ -181,17 +290,16 @@ fn parse_file(text: &str) -> Result<RawSettings, String> {
 
 /// Parses the command line, environment and config file; on any error prints
 /// one line and exits 2, before anything is bound.
-pub fn from_args() -> (Option<Command>, Result<Config, ()>) {
+pub fn from_args() -> Invocation {
     let cli = Cli::parse();
-    if cli.command.is_some() {
-        return (cli.command, Err(()));
+    if let Some(command) = cli.command {
+        return Invocation::Client(command);
     }
     let file = match &cli.config {
         Some(path) => load_file(path).unwrap_or_else(|msg| fail(msg)),
         None => RawSettings::default(),
     };
-    let config = Config::merge(cli.settings.or(file)).unwrap_or_else(|msg| fail(msg));
-    (None, Ok(config))
+    Invocation::Serve(Config::merge(cli.settings.or(file)).unwrap_or_else(|msg| fail(msg)))
 }
 
 fn fail(msg: String) -> ! {
@@ -334,6 +442,38 @@ mod tests {
         assert!(err.starts_with("line 3:"), "{err}");
         let err = parse_file("upstream = \":3000\"\nlisten_port = 1\n").unwrap_err();
         assert!(err.starts_with("line 2:") && err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::new("127.0.0.1:1".parse().unwrap(), ":3000".parse().unwrap());
+        let raw = Config::merge(RawSettings { upstream: c.upstream.clone().into(), ..Default::default() }).unwrap();
+        assert_eq!(raw.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(raw.admin, Some("127.0.0.1:9901".parse().unwrap()));
+        assert_eq!(
+            (raw.grace, raw.drain_delay, raw.idle_grace),
+            (Duration::from_secs(5), Duration::ZERO, Duration::from_secs(1))
+        );
+        assert_eq!(raw.log_format, LogFormat::Text);
+        assert!(raw.tls.is_none() && raw.grace_period_warning().is_none());
+    }
+
+    #[test]
+    fn tls_table_and_flags() {
+        let file = parse_file("upstream = \":1\"\n[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n").unwrap();
+        let c = Config::merge(RawSettings::default().or(file)).unwrap();
+        assert_eq!(c.tls, Some(TlsFiles { cert: "/c.pem".into(), key: "/k.pem".into() }));
+        let half = RawSettings { tls_cert: Some("/c".into()), upstream: ":1".parse().ok(), ..Default::default() };
+        assert!(Config::merge(half).unwrap_err().contains("--tls-key"));
+    }
+
+    #[test]
+    fn termination_grace_period_warning() {
+        let mut c = Config::new("127.0.0.1:1".parse().unwrap(), ":3000".parse().unwrap());
+        c.termination_grace_period = Some(Duration::from_secs(7));
+        assert!(c.grace_period_warning().is_none(), "5s + 0s + 2s fits in 7s");
+        c.drain_delay = Duration::from_secs(1);
+        assert!(c.grace_period_warning().unwrap().contains("SIGKILL"));
     }
 
     #[test]

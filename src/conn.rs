@@ -16,8 +16,10 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
     sync::Notify,
 };
+use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::{
@@ -36,6 +38,7 @@ pub struct ConnSettings {
     pub idle_grace: Duration,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
 }
 
 /// What the drain needs to know about one connection's requests.
@@ -130,10 +133,52 @@ fn now_micros() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
+/// Runs the TLS handshake (in the connection's own task, bounded by the
+/// handshake timeout and by the listener closing), then serves the
+/// connection with the protocol ALPN chose.
+pub async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    settings: ConnSettings,
+    tls: TlsAcceptor,
+) {
+    let drain = shared.drain.clone();
+    let handshake = tokio::time::timeout(settings.tls_handshake_timeout, tls.accept(tcp));
+    let stream = tokio::select! {
+        res = handshake => match res {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake_failures.inc();
+                return debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake_failures.inc();
+                return debug!(%peer, "TLS handshake timed out");
+            }
+        },
+        // Not yet a client we owe anything: it can reconnect elsewhere.
+        _ = drain.reached(Phase::Closing) => return debug!(%peer, "closed during the TLS handshake"),
+    };
+    let h2 = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Some(true),
+        Some(_) => Some(false),
+        None => None,
+    };
+    serve(stream, peer, shared, settings, "https", h2).await
+}
+
 /// Serves one accepted client connection until it closes, the drain closes
-/// it, or the deadline cuts it.
-pub async fn serve<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>, settings: ConnSettings, scheme: &'static str)
-where
+/// it, or the deadline cuts it. `h2` is the protocol if already known (ALPN);
+/// otherwise the first bytes tell h2c from HTTP/1.
+pub async fn serve<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    settings: ConnSettings,
+    scheme: &'static str,
+    h2: Option<bool>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = shared.metrics.clone();
@@ -146,10 +191,13 @@ where
     let mut io = io;
     let mut prefix = Vec::with_capacity(PREFACE.len());
     // Until the first bytes arrive the connection is idle, and a drain treats it so.
-    let detected = tokio::select! {
-        r = tokio::time::timeout(settings.header_read_timeout, is_h2c(&mut io, &mut prefix)) => r.ok().and_then(Result::ok),
-        _ = state.idle_for(settings.idle_grace, &drain) => None,
-        _ = drain.cut() => None,
+    let detected = match h2 {
+        Some(known) => Some(known),
+        None => tokio::select! {
+            r = tokio::time::timeout(settings.header_read_timeout, is_h2c(&mut io, &mut prefix)) => r.ok().and_then(Result::ok),
+            _ = state.idle_for(settings.idle_grace, &drain) => None,
+            _ = drain.cut() => None,
+        },
     };
     let io = Prefixed { prefix, pos: 0, io };
     let was_cut = match detected {

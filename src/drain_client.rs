@@ -1,4 +1,4 @@
-//! `drainproxy drain`: asks a running drainproxy to drain over its admin port, and optionally waits.
+//! `drainproxy drain` and `drainproxy health`: talk to a running drainproxy over its admin port.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -49,6 +49,17 @@ pub async fn drain(admin: SocketAddr, wait: bool, timeout: Duration) -> anyhow::
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Exits 0 when `/healthz` on the admin port answers 200.
+pub async fn health(admin: SocketAddr) -> anyhow::Result<()> {
+    let (status, body) = request(admin, Method::GET, "/healthz")
+        .await
+        .with_context(|| format!("no drainproxy answered on admin address {admin}"))?;
+    if status != StatusCode::OK {
+        bail!("drainproxy at {admin} is unhealthy: {status} {}", body.trim());
+    }
+    Ok(())
 }
 
 async fn request(addr: SocketAddr, method: Method, path: &str) -> anyhow::Result<(StatusCode, String)> {

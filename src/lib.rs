@@ -24,6 +24,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod signal;
+pub mod tls;
 pub mod upstream;
 
 use std::{sync::Arc, time::Duration};
@@ -42,6 +43,9 @@ pub use drain::Phase;
 pub use signal::Event;
 
 use crate::{conn::ConnSettings, drain::DrainControl, metrics::Metrics, proxy::Shared};
+
+/// How often the TLS files are checked for changes on disk.
+const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,9 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         drain: drain.clone(),
     });
 
+    // Certificates first: a bad one must fail the start before anything binds.
+    let certs =
+        config.tls.clone().map(tls::Certificates::load).transpose().context("cannot load the TLS certificate")?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
     let (trigger, mut admin_drain) = mpsc::channel(1);
     let drain_started = Arc::new(OnceCell::new());
@@ -78,13 +85,25 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
-    info!(addr = %listener.local_addr()?, upstream = %config.upstream, "listening");
+    info!(addr = %listener.local_addr()?, upstream = %config.upstream, tls = certs.is_some(), "listening");
+    if let Some(warning) = config.grace_period_warning() {
+        warn!("{warning}");
+    }
     let settings = ConnSettings {
         idle_grace: config.idle_grace,
         max_header_bytes: config.max_header_bytes,
-        header_read_timeout: Duration::from_secs(30),
+        header_read_timeout: config.header_read_timeout,
+        tls_handshake_timeout: config.tls_handshake_timeout,
     };
-    let accept = tokio::spawn(listener::accept_loop(listener, shared, settings));
+    let acceptor = certs.as_ref().map(|c| c.acceptor());
+    if let Some(certs) = &certs {
+        tokio::spawn(certs.clone().watch(TLS_WATCH_INTERVAL));
+    }
+    let reload = |when: &str| match &certs {
+        Some(certs) => certs.reload("SIGHUP"),
+        None => info!("SIGHUP {when}: nothing to reload"),
+    };
+    let accept = tokio::spawn(listener::accept_loop(listener, shared, settings, acceptor));
 
     // Serving: wait for the first stop.
     let mut events_open = true;
@@ -92,7 +111,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         tokio::select! {
             event = events.next(), if events_open => match event {
                 Some(Event::Stop) => break "signal",
-                Some(Event::Reload) => info!("SIGHUP: nothing to reload"),
+                Some(Event::Reload) => reload("while serving"),
                 None => events_open = false,
             },
             Some(()) = admin_drain.recv() => break "admin",
@@ -143,7 +162,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
             ),
             event = events.next(), if events_open => match event {
                 Some(Event::Stop) => { warn!("second stop signal: closing everything now"); break Outcome::Forced }
-                Some(Event::Reload) => info!("SIGHUP during drain: nothing to reload"),
+                Some(Event::Reload) => reload("during the drain"),
                 None => events_open = false,
             },
         }

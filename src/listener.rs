@@ -4,23 +4,34 @@ use std::{io, sync::Arc, time::Duration};
 
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tracing::{error, warn};
 
 use crate::{
     conn::{self, ConnSettings},
-    drain::{Drain, Phase},
+    drain::Phase,
     proxy::Shared,
 };
 
 /// Accepts until the phase reaches `Closing`, then closes the listener so new
 /// connects are refused.
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, settings: ConnSettings) {
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, settings: ConnSettings, tls: Option<TlsAcceptor>) {
     let drain = shared.drain.clone();
+    let spawn = |tcp: TcpStream| {
+        let Ok(peer) = tcp.peer_addr() else { return };
+        // Small responses must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        let (shared, settings) = (shared.clone(), settings.clone());
+        match &tls {
+            Some(tls) => drain.tracker.spawn(conn::serve_tls(tcp, peer, shared, settings, tls.clone())),
+            None => drain.tracker.spawn(conn::serve(tcp, peer, shared, settings, "http", None)),
+        };
+    };
     loop {
         tokio::select! {
             _ = drain.reached(Phase::Closing) => break,
             res = listener.accept() => match res {
-                Ok((tcp, _)) => spawn(tcp, &shared, &settings, &drain),
+                Ok((tcp, _)) => spawn(tcp),
                 Err(e) => handle_accept_error(e).await,
             },
         }
@@ -29,15 +40,8 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, settings: C
     // the listener would reset them after their client may have sent a
     // request. Take them in (they are served with `Connection: close`).
     while let Some(Ok((tcp, _))) = listener.accept().now_or_never() {
-        spawn(tcp, &shared, &settings, &drain);
+        spawn(tcp);
     }
-}
-
-fn spawn(tcp: TcpStream, shared: &Arc<Shared>, settings: &ConnSettings, drain: &Drain) {
-    let Ok(peer) = tcp.peer_addr() else { return };
-    // Small responses must not wait for Nagle.
-    let _ = tcp.set_nodelay(true);
-    drain.tracker.spawn(conn::serve(tcp, peer, shared.clone(), settings.clone(), "http"));
 }
 
 /// Per-connection errors are the client's problem; resource exhaustion

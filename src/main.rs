@@ -1,45 +1,63 @@
 //! The binary: config (exit 2 on error) → logs on stderr → run until the signals say stop → exit.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
-use drainproxy::config::{self, Command};
+use drainproxy::config::{self, Command, Config, Invocation, LogFormat};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // Exits 2 with one clear line on any config error, before anything binds.
-    let (command, config) = config::from_args();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    let invocation = config::from_args();
+    if let Invocation::Serve(config) = &invocation {
+        init_logs(config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            error!(error = %e, "cannot start the runtime");
+            eprintln!("drainproxy: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async move {
-        match (command, config) {
-            (Some(Command::Drain { admin, wait, timeout }), _) => {
-                drainproxy::drain_client::drain(admin.0, wait, timeout).await
-            }
-            (None, Ok(config)) => {
+        match invocation {
+            Invocation::Serve(config) => {
                 let signals = drainproxy::signal::events()?;
                 drainproxy::run(config, signals).await.map(drop)
             }
-            (None, Err(())) => unreachable!("from_args returns a config when there is no subcommand"),
+            Invocation::Client(Command::Drain { admin, wait, timeout }) => {
+                drainproxy::drain_client::drain(admin.0, wait, timeout).await
+            }
+            Invocation::Client(Command::Health { admin }) => drainproxy::drain_client::health(admin.0).await,
         }
     });
     // Whatever is still open is closed with the process, without waiting.
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) if tracing::dispatcher::has_been_set() => {
             error!("{e:#}");
             ExitCode::FAILURE
         }
+        Err(e) => {
+            eprintln!("drainproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr; `--log-level` wins over RUST_LOG, which wins over `info`.
+fn init_logs(config: &Config) {
+    let filter = match &config.log_level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("error: invalid --log-level {level:?}: {e}");
+            std::process::exit(2)
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
