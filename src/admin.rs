@@ -25,6 +25,8 @@ pub struct Admin {
     pub trigger: mpsc::Sender<()>,
     /// Set when the drain started.
     pub drain_started: Arc<OnceCell<Instant>>,
+    /// False until a supervised app accepts connections.
+    pub ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves the admin port until the process exits. Admin connections are not

@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{error::ErrorKind, CommandFactory, Parser, Subcommand};
 use serde::{de, Deserialize, Deserializer};
 
-pub use crate::tls::TlsFiles;
+pub use crate::{supervisor::AppSpec, tls::TlsFiles};
 
 /// The raw command line. Every setting is an `Option` so that a flag or its
 /// environment variable wins over the file only when it was actually given.
@@ -19,6 +19,9 @@ pub struct Cli {
     /// TOML file with the same settings (keys as in the README's table).
     #[arg(long, env = "DRAINPROXY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Supervisor mode: after `--`, the app to start as a child; it is stopped only after the drain.
+    #[arg(last = true, value_name = "APP")]
+    pub app: Vec<std::ffi::OsString>,
 }
 
 /// Subcommands that talk to an already running drainproxy.
@@ -117,6 +120,21 @@ pub struct RawSettings {
     /// Log level or filter (`info`, `debug`, `drainproxy=debug`); without it RUST_LOG is used [default: info]
     #[arg(long, env = "DRAINPROXY_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Supervisor mode: the app is ready only once this path answers 2xx (not just once its port accepts)
+    #[arg(long, env = "DRAINPROXY_UPSTREAM_READY_PATH", value_name = "PATH")]
+    pub upstream_ready_path: Option<String>,
+    /// Supervisor mode: how long a request that arrives before the app is ready waits for it (then 503) [default: 10s]
+    #[arg(long, env = "DRAINPROXY_UPSTREAM_WAIT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub upstream_wait: Option<Duration>,
+    /// Supervisor mode: the signal that stops the app once the drain is over [default: SIGTERM]
+    #[arg(long, env = "DRAINPROXY_APP_STOP_SIGNAL", value_name = "SIGNAL", value_parser = crate::supervisor::parse_signal)]
+    #[serde(default, deserialize_with = "signal")]
+    pub app_stop_signal: Option<nix::sys::signal::Signal>,
+    /// Supervisor mode: how long the app may take to exit after its stop signal, then SIGKILL [default: 10s]
+    #[arg(long, env = "DRAINPROXY_APP_GRACE", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub app_grace: Option<Duration>,
 }
 
 /// The `[tls]` table.
@@ -175,9 +193,20 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `None`: fall back to RUST_LOG, then `info`.
     pub log_level: Option<String>,
+    /// Supervisor mode: the app to run.
+    pub app: Option<AppSpec>,
+    pub upstream_ready_path: Option<String>,
+    pub upstream_wait: Duration,
+    app_stop_signal: nix::sys::signal::Signal,
+    app_grace: Duration,
 }
 
 impl Config {
+    /// Turns on supervisor mode with the app's command line.
+    pub fn set_app(&mut self, program: std::ffi::OsString, args: Vec<std::ffi::OsString>) {
+        self.app = Some(AppSpec { program, args, stop_signal: self.app_stop_signal, grace: self.app_grace });
+    }
+
     /// The warning to log at start when the platform would SIGKILL the drain.
     pub fn grace_period_warning(&self) -> Option<String> {
         let period = self.termination_grace_period?;
@@ -215,6 +244,10 @@ impl Config {
         if raw.header_read_timeout == Some(Duration::ZERO) || raw.tls_handshake_timeout == Some(Duration::ZERO) {
             return Err("header-read-timeout and tls-handshake-timeout must be greater than 0".into());
         }
+        let upstream_ready_path = raw.upstream_ready_path;
+        if upstream_ready_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+            return Err("upstream-ready-path must start with '/'".into());
+        }
         let max_header_bytes = raw.max_header_bytes.unwrap_or(64 * 1024);
         // hyper's HTTP/1 parser needs room for at least one read buffer.
         if max_header_bytes < 8192 {
@@ -238,6 +271,11 @@ impl Config {
             termination_grace_period: raw.termination_grace_period,
             log_format: raw.log_format.unwrap_or(LogFormat::Text),
             log_level: raw.log_level,
+            app: None,
+            upstream_ready_path,
+            upstream_wait: raw.upstream_wait.unwrap_or(Duration::from_secs(10)),
+            app_stop_signal: raw.app_stop_signal.unwrap_or(nix::sys::signal::Signal::SIGTERM),
+            app_grace: raw.app_grace.unwrap_or(Duration::from_secs(10)),
         })
     }
 }
@@ -263,6 +301,10 @@ impl RawSettings {
             termination_grace_period: self.termination_grace_period.or(lower.termination_grace_period),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
+            upstream_ready_path: self.upstream_ready_path.or(lower.upstream_ready_path),
+            upstream_wait: self.upstream_wait.or(lower.upstream_wait),
+            app_stop_signal: self.app_stop_signal.or(lower.app_stop_signal),
+            app_grace: self.app_grace.or(lower.app_grace),
         }
     }
 }
@@ -299,7 +341,12 @@ pub fn from_args() -> Invocation {
         Some(path) => load_file(path).unwrap_or_else(|msg| fail(msg)),
         None => RawSettings::default(),
     };
-    Invocation::Serve(Config::merge(cli.settings.or(file)).unwrap_or_else(|msg| fail(msg)))
+    let mut config = Config::merge(cli.settings.or(file)).unwrap_or_else(|msg| fail(msg));
+    let mut app = cli.app.into_iter();
+    if let Some(program) = app.next() {
+        config.set_app(program, app.collect());
+    }
+    Invocation::Serve(config)
 }
 
 fn fail(msg: String) -> ! {
@@ -387,6 +434,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn from_str<'de, D: Deserializer<'de>, T: FromStr<Err = String>>(d: D) -> Result<Option<T>, D::Error> {
     String::deserialize(d)?.parse().map(Some).map_err(de::Error::custom)
+}
+
+fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<nix::sys::signal::Signal>, D::Error> {
+    crate::supervisor::parse_signal(&String::deserialize(d)?).map(Some).map_err(de::Error::custom)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

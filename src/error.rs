@@ -15,6 +15,10 @@ pub enum ProxyError {
     Deadline,
     /// A new upgrade (WebSocket) request during a drain: the client should reconnect elsewhere.
     UpgradeWhileDraining,
+    /// Supervisor mode: the app did not become ready within `--upstream-wait`.
+    NotReady,
+    /// Supervisor mode: the app has exited.
+    AppGone,
     /// The client sent something we cannot forward.
     BadRequest(&'static str),
 }
@@ -42,7 +46,9 @@ impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Deadline | ProxyError::UpgradeWhileDraining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Deadline | ProxyError::UpgradeWhileDraining | ProxyError::NotReady | ProxyError::AppGone => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -69,6 +75,8 @@ impl std::fmt::Display for ProxyError {
             ProxyError::UpstreamProtocol(e) => write!(f, "upstream failed: {e}"),
             ProxyError::Deadline => f.write_str("grace deadline reached before the upstream answered"),
             ProxyError::UpgradeWhileDraining => f.write_str("upgrade refused while draining"),
+            ProxyError::NotReady => f.write_str("the app is not ready yet"),
+            ProxyError::AppGone => f.write_str("the app has exited"),
             ProxyError::BadRequest(e) => write!(f, "bad request: {e}"),
         }
     }

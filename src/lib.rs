@@ -24,16 +24,23 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod signal;
+pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures_util::{Stream, StreamExt};
 use tokio::{
     net::TcpListener,
-    sync::{mpsc, OnceCell},
+    sync::{mpsc, watch, OnceCell},
     time::Instant,
 };
 use tracing::{info, warn};
@@ -49,23 +56,29 @@ const TLS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every connection finished (or was cut at the deadline).
-    Drained,
-    /// A second stop signal: everything was closed at once.
-    Forced,
+pub struct Outcome {
+    /// A second stop signal closed everything at once.
+    pub forced: bool,
+    /// The process exit code: 0, or in supervisor mode the app's.
+    pub exit_code: u8,
 }
 
-/// Binds, serves until the first [`Event::Stop`] (or `POST /drain`), drains,
-/// and returns when nothing is left. Errors only when it cannot start.
+/// Binds, serves until the first [`Event::Stop`] (or `POST /drain`, or the
+/// supervised app exiting), drains, stops the app if there is one, and
+/// returns. Errors only when it cannot start.
 pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) -> anyhow::Result<Outcome> {
     let control = DrainControl::new();
     let drain = control.handle();
     let metrics = Arc::new(Metrics::new());
+    // In supervisor mode the app is not ready until it accepts connections.
+    let (ready_tx, ready) = watch::channel(config.app.is_none());
     let shared = Arc::new(Shared {
         client: upstream::client(config.upstream.clone(), config.upstream_connect_timeout),
         metrics: metrics.clone(),
         drain: drain.clone(),
+        ready: ready.clone(),
+        upstream_wait: config.upstream_wait,
+        app_gone: AtomicBool::new(false),
     });
 
     // Certificates first: a bad one must fail the start before anything binds.
@@ -82,9 +95,23 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
             metrics: metrics.clone(),
             trigger,
             drain_started: drain_started.clone(),
+            ready,
         };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
+    let app = match &config.app {
+        Some(spec) => {
+            let app = supervisor::App::spawn(spec)?;
+            tokio::spawn(upstream::wait_ready(
+                shared.clone(),
+                config.upstream.clone(),
+                config.upstream_ready_path.clone(),
+                ready_tx,
+            ));
+            Some(app)
+        }
+        None => None,
+    };
     info!(addr = %listener.local_addr()?, upstream = %config.upstream, tls = certs.is_some(), "listening");
     if let Some(warning) = config.grace_period_warning() {
         warn!("{warning}");
@@ -99,11 +126,28 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     if let Some(certs) = &certs {
         tokio::spawn(certs.clone().watch(TLS_WATCH_INTERVAL));
     }
-    let reload = |when: &str| match &certs {
-        Some(certs) => certs.reload("SIGHUP"),
-        None => info!("SIGHUP {when}: nothing to reload"),
+    // SIGHUP reloads the certificate and, in supervisor mode, also reaches the app;
+    // SIGUSR1/SIGUSR2 are the app's alone.
+    let pass_on = |event: Event, when: &str| {
+        if let Event::Reload = event {
+            match &certs {
+                Some(certs) => certs.reload("SIGHUP"),
+                None if app.is_none() => info!("SIGHUP {when}: nothing to reload"),
+                None => {}
+            }
+        }
+        if let (Some(app), Some(sig)) = (&app, event.app_signal()) {
+            app.signal(sig);
+        }
     };
-    let accept = tokio::spawn(listener::accept_loop(listener, shared, settings, acceptor));
+    let app_exit = async {
+        match &app {
+            Some(app) => app.exited().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(app_exit);
+    let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), settings, acceptor));
 
     // Serving: wait for the first stop.
     let mut events_open = true;
@@ -111,13 +155,18 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         tokio::select! {
             event = events.next(), if events_open => match event {
                 Some(Event::Stop) => break "signal",
-                Some(Event::Reload) => reload("while serving"),
+                Some(other) => pass_on(other, "while serving"),
                 None => events_open = false,
             },
             Some(()) = admin_drain.recv() => break "admin",
+            code = &mut app_exit => {
+                // Nothing to forward to any more: new requests get 503 + close.
+                shared.app_gone.store(true, Ordering::Release);
+                warn!(code, "the app exited by itself");
+                break "app exit";
+            }
         }
     };
-
     let t0 = Instant::now();
     let _ = drain_started.set(t0.into_std());
     let at_start = drain.connections() as u64;
@@ -130,7 +179,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
 
     let mut accept = Some(accept);
     let mut progress = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
-    let outcome = loop {
+    let forced = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(closing_at), if accept.is_some() => {
                 control.advance(Phase::Closing);
@@ -141,7 +190,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
                 drain.tracker.close();
                 info!(connections = drain.connections(), "listener closed");
             }
-            _ = drain.tracker.wait(), if accept.is_none() => break Outcome::Drained,
+            _ = drain.tracker.wait(), if accept.is_none() => break false,
             _ = tokio::time::sleep_until(deadline) => {
                 warn!(connections = drain.connections(), "grace deadline reached: cutting what is left");
                 control.cut();
@@ -149,7 +198,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
                 if tokio::time::timeout(Duration::from_secs(1), drain.tracker.wait()).await.is_err() {
                     warn!(connections = drain.connections(), "connections still open after the cut; exiting anyway");
                 }
-                break Outcome::Drained;
+                break false;
             }
             _ = progress.tick() => info!(
                 phase = drain.phase().as_str(),
@@ -161,10 +210,14 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
                 "draining",
             ),
             event = events.next(), if events_open => match event {
-                Some(Event::Stop) => { warn!("second stop signal: closing everything now"); break Outcome::Forced }
-                Some(Event::Reload) => reload("during the drain"),
+                Some(Event::Stop) => { warn!("second stop signal: closing everything now"); break true }
+                Some(other) => pass_on(other, "during the drain"),
                 None => events_open = false,
             },
+            _ = &mut app_exit, if !shared.app_gone.load(Ordering::Acquire) => {
+                shared.app_gone.store(true, Ordering::Release);
+                warn!("the app exited during the drain");
+            }
         }
     };
 
@@ -175,8 +228,19 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         connections = total,
         finished = total.saturating_sub(cut),
         cut,
-        forced = outcome == Outcome::Forced,
+        forced,
         "drain complete",
     );
-    Ok(outcome)
+
+    // Only now, with nothing left in flight, may the app go.
+    let exit_code = match (&app, &config.app) {
+        (Some(app), Some(spec)) if forced => {
+            app.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = spec;
+            app.exited().await
+        }
+        (Some(app), Some(spec)) => app.stop(spec).await,
+        _ => 0,
+    };
+    Ok(Outcome { forced, exit_code })
 }

@@ -2,7 +2,10 @@
 
 use std::{io::IsTerminal, process::ExitCode};
 
-use drainproxy::config::{self, Command, Config, Invocation, LogFormat};
+use drainproxy::{
+    config::{self, Command, Config, Invocation, LogFormat},
+    supervisor::SpawnError,
+};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -23,27 +26,29 @@ fn main() -> ExitCode {
         match invocation {
             Invocation::Serve(config) => {
                 let signals = drainproxy::signal::events()?;
-                drainproxy::run(config, signals).await.map(drop)
+                drainproxy::run(config, signals).await.map(|outcome| outcome.exit_code)
             }
             Invocation::Client(Command::Drain { admin, wait, timeout }) => {
-                drainproxy::drain_client::drain(admin.0, wait, timeout).await
+                drainproxy::drain_client::drain(admin.0, wait, timeout).await.map(|()| 0)
             }
-            Invocation::Client(Command::Health { admin }) => drainproxy::drain_client::health(admin.0).await,
+            Invocation::Client(Command::Health { admin }) => {
+                drainproxy::drain_client::health(admin.0).await.map(|()| 0)
+            }
         }
     });
     // Whatever is still open is closed with the process, without waiting.
     runtime.shutdown_background();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if tracing::dispatcher::has_been_set() => {
-            error!("{e:#}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("drainproxy: {e:#}");
-            ExitCode::FAILURE
-        }
+    let e = match result {
+        Ok(code) => return ExitCode::from(code),
+        Err(e) => e,
+    };
+    if tracing::dispatcher::has_been_set() {
+        error!("{e:#}");
+    } else {
+        eprintln!("drainproxy: {e:#}");
     }
+    // A shell's codes for an app that cannot start: 127 not found, 126 not executable.
+    e.downcast_ref::<SpawnError>().map_or(ExitCode::FAILURE, |spawn| ExitCode::from(spawn.code))
 }
 
 /// Logs go to stderr; `--log-level` wins over RUST_LOG, which wins over `info`.

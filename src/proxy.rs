@@ -5,9 +5,12 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -19,6 +22,7 @@ use http::{
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::{
@@ -34,6 +38,12 @@ pub struct Shared {
     pub client: UpstreamClient,
     pub metrics: Arc<Metrics>,
     pub drain: Drain,
+    /// False until a supervised app accepts connections (always true otherwise).
+    pub ready: watch::Receiver<bool>,
+    /// How long a request may wait for `ready`.
+    pub upstream_wait: Duration,
+    /// The supervised app has exited: nothing to forward to.
+    pub app_gone: AtomicBool,
 }
 
 /// The hyper service for one client connection.
@@ -66,7 +76,9 @@ impl Proxy {
         let upgrade = h1 && wants_upgrade(req.headers());
         let (method, uri) = (req.method().clone(), req.uri().clone());
 
-        let result = if upgrade && drain.is_draining() {
+        let result = if let Err(e) = self.upstream_available().await {
+            Err(e)
+        } else if upgrade && drain.is_draining() {
             Err(ProxyError::UpgradeWhileDraining)
         } else {
             let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -111,6 +123,24 @@ impl Proxy {
         metrics.request_duration.observe(started.elapsed().as_secs_f64());
         guard.head_sent();
         res.map(|body| TrackedBody { inner: body, _guard: guard })
+    }
+
+    /// In supervisor mode, waits (bounded) for the app to be ready; fails at
+    /// once when it has exited.
+    async fn upstream_available(&self) -> Result<(), ProxyError> {
+        let shared = &self.shared;
+        if shared.app_gone.load(Ordering::Acquire) {
+            return Err(ProxyError::AppGone);
+        }
+        if *shared.ready.borrow() {
+            return Ok(());
+        }
+        let mut ready = shared.ready.clone();
+        let became_ready = tokio::time::timeout(shared.upstream_wait, ready.wait_for(|r| *r)).await;
+        match became_ready {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ProxyError::NotReady),
+        }
     }
 
     /// Rewrites the request for the app: origin-form URI on the pool's

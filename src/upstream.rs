@@ -126,5 +126,42 @@ impl AsyncWrite for UpstreamStream {
     }
 }
 
+/// Supervisor mode: polls until the app accepts connections (and answers 2xx
+/// on `ready_path`, if given), then flips readiness on.
+pub async fn wait_ready(
+    shared: std::sync::Arc<crate::proxy::Shared>,
+    addr: UpstreamAddr,
+    ready_path: Option<String>,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        if shared.app_gone.load(std::sync::atomic::Ordering::Acquire) || shared.drain.is_draining() {
+            return;
+        }
+        let accepts = match &addr {
+            UpstreamAddr::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.is_ok(),
+            UpstreamAddr::Unix(path) => UnixStream::connect(path).await.is_ok(),
+        };
+        if !accepts {
+            continue;
+        }
+        if let Some(path) = &ready_path {
+            let uri = format!("http://{POOL_AUTHORITY}{path}");
+            let req =
+                http::Request::get(uri).body(crate::proxy::ProxyBody::Empty).expect("valid path checked at start");
+            match shared.client.request(req).await {
+                Ok(res) if res.status().is_success() => {}
+                _ => continue,
+            }
+        }
+        tracing::info!(after_ms = started.elapsed().as_millis() as u64, "app ready");
+        let _ = ready.send(true);
+        return;
+    }
+}
+
 /// The response body stream from the app.
 pub type UpstreamBody = Incoming;
