@@ -50,7 +50,7 @@ pub enum Command {
 /// What this invocation of the binary is asked to do.
 pub enum Invocation {
     /// Run the proxy.
-    Serve(Config),
+    Serve(Box<Config>),
     /// A subcommand that talks to a running proxy.
     Client(Command),
 }
@@ -346,7 +346,7 @@ pub fn from_args() -> Invocation {
     if let Some(program) = app.next() {
         config.set_app(program, app.collect());
     }
-    Invocation::Serve(config)
+    Invocation::Serve(Box::new(config))
 }
 
 fn fail(msg: String) -> ! {

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         match invocation {
             Invocation::Serve(config) => {
                 let signals = drainproxy::signal::events()?;
-                drainproxy::run(config, signals).await.map(|outcome| outcome.exit_code)
+                drainproxy::run(*config, signals).await.map(|outcome| outcome.exit_code)
             }
             Invocation::Client(Command::Drain { admin, wait, timeout }) => {
                 drainproxy::drain_client::drain(admin.0, wait, timeout).await.map(|()| 0)
