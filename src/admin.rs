@@ -57,12 +57,13 @@ impl Admin {
         let phase = self.drain.phase();
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-            (&Method::GET | &Method::HEAD, "/readyz") if phase == Phase::Serving => {
-                text(StatusCode::OK, "ready\n".into())
-            }
-            (&Method::GET | &Method::HEAD, "/readyz") => {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", phase.as_str()))
-            }
+            (&Method::GET | &Method::HEAD, "/readyz") => match (phase, *self.ready.borrow()) {
+                (Phase::Serving, true) => text(StatusCode::OK, "ready\n".into()),
+                (Phase::Serving, false) => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "starting: the app is not ready\n".into())
+                }
+                _ => text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", phase.as_str())),
+            },
             (&Method::GET, "/metrics") => {
                 self.refresh_drain_metrics(phase);
                 let mut res = text(StatusCode::OK, self.metrics.render());

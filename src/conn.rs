@@ -218,7 +218,7 @@ async fn serve_h1<IO>(io: TokioIo<IO>, svc: Proxy, state: &ConnState, settings: 
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = svc.peer;
+    let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
@@ -227,7 +227,7 @@ where
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        res = conn.as_mut() => return finished(peer, res),
+        res = conn.as_mut() => return finished(peer, &metrics, res),
         _ = state.idle_for(settings.idle_grace, drain) => {
             // Closes at once: hyper sees no request in progress.
             conn.as_mut().graceful_shutdown();
@@ -235,7 +235,7 @@ where
         _ = drain.cut() => {}
     }
     tokio::select! {
-        res = conn.as_mut() => return finished(peer, res),
+        res = conn.as_mut() => return finished(peer, &metrics, res),
         _ = drain.cut() => {}
     }
     // The deadline: a response already streaming cannot be saved on HTTP/1,
@@ -251,11 +251,11 @@ async fn serve_h2<IO>(io: TokioIo<IO>, svc: Proxy, drain: &Drain) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = svc.peer;
+    let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
     let conn = http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
-        res = conn.as_mut() => return finished(peer, res),
+        res = conn.as_mut() => return finished(peer, &metrics, res),
         _ = drain.reached(Phase::Draining) => {
             // GOAWAY: open streams finish, new ones are refused, the
             // connection closes when the last stream ends.
@@ -264,7 +264,7 @@ where
         _ = drain.cut() => {}
     }
     tokio::select! {
-        res = conn.as_mut() => return finished(peer, res),
+        res = conn.as_mut() => return finished(peer, &metrics, res),
         _ = drain.cut() => {}
     }
     // Streams still waiting for a head get their 503 written; the rest are reset.
@@ -272,8 +272,12 @@ where
     true
 }
 
-fn finished(peer: SocketAddr, res: Result<(), hyper::Error>) -> bool {
+fn finished(peer: SocketAddr, metrics: &Metrics, res: Result<(), hyper::Error>) -> bool {
     if let Err(e) = res {
+        // hyper answers unparsable requests itself (400, 414, 431): count them.
+        if e.is_parse() {
+            metrics.response(http::StatusCode::BAD_REQUEST);
+        }
         debug!(%peer, error = %crate::error::error_chain(&e), "connection ended with an error");
     }
     false

@@ -234,9 +234,8 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
 
     // Only now, with nothing left in flight, may the app go.
     let exit_code = match (&app, &config.app) {
-        (Some(app), Some(spec)) if forced => {
-            app.signal(nix::sys::signal::Signal::SIGKILL);
-            let _ = spec;
+        (Some(app), Some(_)) if forced => {
+            app.signal_group(nix::sys::signal::Signal::SIGKILL);
             app.exited().await
         }
         (Some(app), Some(spec)) => app.stop(spec).await,

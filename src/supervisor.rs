@@ -10,7 +10,7 @@ use std::{
 use futures_util::StreamExt;
 use nix::{
     sys::{
-        signal::{kill, Signal},
+        signal::{kill, killpg, Signal},
         wait::{waitpid, WaitPidFlag, WaitStatus},
     },
     unistd::Pid,
@@ -103,14 +103,24 @@ impl App {
         }
     }
 
+    /// Stop and kill signals go to the app's whole process group, so that
+    /// helpers a shell wrapper started do not outlive it.
+    pub fn signal_group(&self, sig: Signal) {
+        if !self.has_exited() {
+            if let Err(e) = killpg(self.pid, sig) {
+                warn!(signal = %sig, error = %e, "cannot signal the app's process group");
+            }
+        }
+    }
+
     /// Sends the stop signal, waits up to the grace, then SIGKILLs; returns the exit code.
     pub async fn stop(&self, spec: &AppSpec) -> u8 {
         if !self.has_exited() {
             info!(signal = %spec.stop_signal, grace = ?spec.grace, "stopping the app");
-            self.signal(spec.stop_signal);
+            self.signal_group(spec.stop_signal);
             if tokio::time::timeout(spec.grace, self.exited()).await.is_err() {
                 warn!(grace = ?spec.grace, "the app did not exit in time; sending SIGKILL");
-                self.signal(Signal::SIGKILL);
+                self.signal_group(Signal::SIGKILL);
             }
         }
         self.exited().await

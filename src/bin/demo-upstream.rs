@@ -48,6 +48,13 @@ type Holds = Arc<Mutex<HashMap<String, Arc<Semaphore>>>>;
 
 #[tokio::main]
 async fn main() {
+    // As PID 1 in a container SIGTERM has no default action: exit on it explicitly.
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (signal(SignalKind::terminate()).unwrap(), signal(SignalKind::interrupt()).unwrap());
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(0);
+    });
     let args: Vec<String> = std::env::args().skip(1).collect();
     let holds = Holds::default();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {

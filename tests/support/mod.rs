@@ -35,7 +35,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn spawn(out: impl AsyncRead + Unpin + Send + 'static) -> Self {
+    pub fn spawn(out: impl AsyncRead + Unpin + Send + 'static) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let all = Arc::new(Mutex::new(Vec::new()));
         let keep = all.clone();
@@ -245,7 +245,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let tcp = tokio::time::timeout(SOON, TcpStream::connect(addr)).await.expect("connect timed out").expect("connect");
+        let tcp =
+            tokio::time::timeout(SOON, TcpStream::connect(addr)).await.expect("connect timed out").expect("connect");
         Client { stream: BufReader::new(tcp) }
     }
 
@@ -386,3 +387,4 @@ pub async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
 pub async fn refused(addr: SocketAddr) -> bool {
     matches!(TcpStream::connect(addr).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
+pub mod tls;
