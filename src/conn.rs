@@ -51,6 +51,8 @@ pub struct ConnState {
     last_done: AtomicU64,
     /// Woken whenever `in_flight` drops to zero.
     idle: Notify,
+    /// A request on this connection was answered 503 by the deadline.
+    deadline_hit: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -60,7 +62,14 @@ impl ConnState {
             heads_pending: AtomicUsize::new(0),
             last_done: AtomicU64::new(now_micros()),
             idle: Notify::new(),
+            deadline_hit: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The deadline answered one of this connection's requests: the
+    /// connection counts as cut even if it then closed cleanly.
+    pub fn mark_cut(&self) {
+        self.deadline_hit.store(true, Ordering::Release);
     }
 
     /// Marks a request as started; it ends when the guard drops.
@@ -205,7 +214,7 @@ pub async fn serve<IO>(
         Some(true) => serve_h2(TokioIo::new(io), svc, &drain).await,
         None => false,
     };
-    if was_cut {
+    if was_cut || state.deadline_hit.load(Ordering::Acquire) {
         drain.count_cut();
         metrics.cut_total.inc();
         debug!(%peer, "connection cut at the grace deadline");

@@ -106,6 +106,9 @@ impl Proxy {
                 res
             }
             Err(e) => {
+                if let ProxyError::Deadline = e {
+                    self.conn.mark_cut();
+                }
                 if let Some(kind) = e.kind() {
                     self.shared.metrics.upstream_error(kind);
                 }
