@@ -90,10 +90,25 @@ pub struct RawSettings {
     /// Largest request head accepted from a client, in bytes; larger gets 431 [default: 65536]
     #[arg(long, env = "DRAINPROXY_MAX_HEADER_BYTES", value_name = "BYTES")]
     pub max_header_bytes: Option<usize>,
-    /// Close a client connection that has not sent a complete request head within this long (slowloris) [default: 30s]
+    /// Close a client connection whose request head is not complete this long after its first byte (slowloris) [default: 10s]
     #[arg(long, env = "DRAINPROXY_HEADER_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     pub header_read_timeout: Option<Duration>,
+    /// Close a client keep-alive connection idle this long (keep it above your load balancer's idle timeout) [default: 75s]
+    #[arg(long, env = "DRAINPROXY_KEEPALIVE_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub keepalive_timeout: Option<Duration>,
+    /// Fail a request (408) whose body stalls this long between reads [default: 60s]
+    #[arg(long, env = "DRAINPROXY_BODY_READ_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub body_read_timeout: Option<Duration>,
+    /// Answer 504 when the app has not sent a response head within this long (`0` = off) [default: off]
+    #[arg(long, env = "DRAINPROXY_UPSTREAM_TIMEOUT", value_name = "DUR", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    pub upstream_timeout: Option<Duration>,
+    /// Most client connections served at once; further ones wait in the listen backlog [default: 16384]
+    #[arg(long, env = "DRAINPROXY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// PEM certificate chain: terminate TLS on the listener (needs --tls-key)
     #[arg(long, env = "DRAINPROXY_TLS_CERT", value_name = "PEM")]
     #[serde(skip)]
@@ -187,6 +202,11 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// `None`: wait for the app as long as the client does.
+    pub upstream_timeout: Option<Duration>,
+    pub max_connections: usize,
     pub tls: Option<TlsFiles>,
     pub tls_handshake_timeout: Duration,
     pub termination_grace_period: Option<Duration>,
@@ -241,8 +261,18 @@ impl Config {
             (Some(_), None) => return Err("--tls-cert needs --tls-key (or `key` under [tls])".into()),
             (None, Some(_)) => return Err("--tls-key needs --tls-cert (or `cert` under [tls])".into()),
         };
-        if raw.header_read_timeout == Some(Duration::ZERO) || raw.tls_handshake_timeout == Some(Duration::ZERO) {
-            return Err("header-read-timeout and tls-handshake-timeout must be greater than 0".into());
+        for (name, value) in [
+            ("header-read-timeout", raw.header_read_timeout),
+            ("keepalive-timeout", raw.keepalive_timeout),
+            ("body-read-timeout", raw.body_read_timeout),
+            ("tls-handshake-timeout", raw.tls_handshake_timeout),
+        ] {
+            if value == Some(Duration::ZERO) {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if raw.max_connections == Some(0) {
+            return Err("max-connections must be at least 1".into());
         }
         let upstream_ready_path = raw.upstream_ready_path;
         if upstream_ready_path.as_ref().is_some_and(|p| !p.starts_with('/')) {
@@ -265,7 +295,11 @@ impl Config {
             },
             upstream_connect_timeout: raw.upstream_connect_timeout.unwrap_or(Duration::from_secs(5)),
             max_header_bytes,
-            header_read_timeout: raw.header_read_timeout.unwrap_or(Duration::from_secs(30)),
+            header_read_timeout: raw.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            keepalive_timeout: raw.keepalive_timeout.unwrap_or(Duration::from_secs(75)),
+            body_read_timeout: raw.body_read_timeout.unwrap_or(Duration::from_secs(60)),
+            upstream_timeout: raw.upstream_timeout.filter(|d| !d.is_zero()),
+            max_connections: raw.max_connections.unwrap_or(16384),
             tls,
             tls_handshake_timeout: raw.tls_handshake_timeout.unwrap_or(Duration::from_secs(10)),
             termination_grace_period: raw.termination_grace_period,
@@ -293,6 +327,10 @@ impl RawSettings {
             upstream_connect_timeout: self.upstream_connect_timeout.or(lower.upstream_connect_timeout),
             max_header_bytes: self.max_header_bytes.or(lower.max_header_bytes),
             header_read_timeout: self.header_read_timeout.or(lower.header_read_timeout),
+            keepalive_timeout: self.keepalive_timeout.or(lower.keepalive_timeout),
+            body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
+            upstream_timeout: self.upstream_timeout.or(lower.upstream_timeout),
+            max_connections: self.max_connections.or(lower.max_connections),
             // Flags and env name files one by one; the file's [tls] table is the lowest source.
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),

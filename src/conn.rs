@@ -4,12 +4,9 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, OnceLock,
-    },
+    sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use hyper::server::conn::{http1, http2};
@@ -17,12 +14,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::Notify,
+    sync::OwnedSemaphorePermit,
 };
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::{
+    activity::{ConnState, Limits, Verdict},
     drain::{Drain, Phase},
     metrics::Metrics,
     proxy::{Proxy, Shared},
@@ -35,111 +33,9 @@ const CUT_FLUSH: Duration = Duration::from_millis(100);
 /// Per-connection settings that do not change at run time.
 #[derive(Clone)]
 pub struct ConnSettings {
-    pub idle_grace: Duration,
+    pub limits: Limits,
     pub max_header_bytes: usize,
-    pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
-}
-
-/// What the drain needs to know about one connection's requests.
-pub struct ConnState {
-    /// Requests whose response body has not finished.
-    in_flight: AtomicUsize,
-    /// Requests still waiting for a response head.
-    heads_pending: AtomicUsize,
-    /// When `in_flight` last dropped to zero (µs since process start).
-    last_done: AtomicU64,
-    /// Woken whenever `in_flight` drops to zero.
-    idle: Notify,
-    /// A request on this connection was answered 503 by the deadline.
-    deadline_hit: std::sync::atomic::AtomicBool,
-}
-
-impl ConnState {
-    fn new() -> Self {
-        ConnState {
-            in_flight: AtomicUsize::new(0),
-            heads_pending: AtomicUsize::new(0),
-            last_done: AtomicU64::new(now_micros()),
-            idle: Notify::new(),
-            deadline_hit: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// The deadline answered one of this connection's requests: the
-    /// connection counts as cut even if it then closed cleanly.
-    pub fn mark_cut(&self) {
-        self.deadline_hit.store(true, Ordering::Release);
-    }
-
-    /// Marks a request as started; it ends when the guard drops.
-    pub fn begin(self: &Arc<Self>, metrics: &Arc<Metrics>) -> RequestGuard {
-        metrics.in_flight.inc();
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            metrics.conn_active.inc();
-        }
-        self.heads_pending.fetch_add(1, Ordering::AcqRel);
-        RequestGuard { conn: self.clone(), metrics: metrics.clone(), head_pending: true }
-    }
-
-    /// Resolves once the drain has started and this connection has had no
-    /// request in progress for `grace`.
-    async fn idle_for(&self, grace: Duration, drain: &Drain) {
-        drain.reached(Phase::Draining).await;
-        loop {
-            let woken = self.idle.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
-                let idle = Duration::from_micros(now_micros().saturating_sub(self.last_done.load(Ordering::Acquire)));
-                if idle >= grace {
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(grace - idle) => {}
-                    _ = woken => {}
-                }
-            } else {
-                woken.await;
-            }
-        }
-    }
-
-    /// True when some response is past its head and still streaming.
-    fn streaming(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > self.heads_pending.load(Ordering::Acquire)
-    }
-}
-
-/// Keeps one request counted until its response body is done.
-pub struct RequestGuard {
-    conn: Arc<ConnState>,
-    metrics: Arc<Metrics>,
-    head_pending: bool,
-}
-
-impl RequestGuard {
-    /// The response head is about to be written.
-    pub fn head_sent(&mut self) {
-        if std::mem::take(&mut self.head_pending) {
-            self.conn.heads_pending.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.head_sent();
-        self.metrics.in_flight.dec();
-        if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.metrics.conn_active.dec();
-            self.conn.last_done.store(now_micros(), Ordering::Release);
-            self.conn.idle.notify_one();
-        }
-    }
-}
-
-fn now_micros() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }
 
 /// Runs the TLS handshake (in the connection's own task, bounded by the
@@ -151,6 +47,7 @@ pub async fn serve_tls(
     shared: Arc<Shared>,
     settings: ConnSettings,
     tls: TlsAcceptor,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let drain = shared.drain.clone();
     let handshake = tokio::time::timeout(settings.tls_handshake_timeout, tls.accept(tcp));
@@ -174,7 +71,7 @@ pub async fn serve_tls(
         Some(_) => Some(false),
         None => None,
     };
-    serve(stream, peer, shared, settings, "https", h2).await
+    serve(stream, peer, shared, settings, "https", h2, permit).await
 }
 
 /// Serves one accepted client connection until it closes, the drain closes
@@ -187,34 +84,34 @@ pub async fn serve<IO>(
     settings: ConnSettings,
     scheme: &'static str,
     h2: Option<bool>,
+    permit: Option<OwnedSemaphorePermit>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = shared.metrics.clone();
     metrics.connections_total.inc();
     metrics.conn_open.inc();
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(permit));
     let drain = shared.drain.clone();
     let svc = Proxy { shared, conn: state.clone(), peer, scheme };
 
-    let mut io = io;
-    let mut prefix = Vec::with_capacity(PREFACE.len());
-    // Until the first bytes arrive the connection is idle, and a drain treats it so.
+    let mut io = ConnIo { prefix: Vec::new(), pos: 0, io, state: state.clone() };
+    // Until the first bytes arrive the connection is idle: the watchdog
+    // applies the keep-alive timeout, or the idle-grace once draining.
     let detected = match h2 {
         Some(known) => Some(known),
         None => tokio::select! {
-            r = tokio::time::timeout(settings.header_read_timeout, is_h2c(&mut io, &mut prefix)) => r.ok().and_then(Result::ok),
-            _ = state.idle_for(settings.idle_grace, &drain) => None,
+            r = is_h2c(&mut io) => r.ok(),
+            _ = state.watchdog(settings.limits, &drain, true) => None,
             _ = drain.cut() => None,
         },
     };
-    let io = Prefixed { prefix, pos: 0, io };
     let was_cut = match detected {
         Some(false) => serve_h1(TokioIo::new(io), svc, &state, &settings, &drain).await,
-        Some(true) => serve_h2(TokioIo::new(io), svc, &drain).await,
+        Some(true) => serve_h2(TokioIo::new(io), svc, &state, &settings, &drain).await,
         None => false,
     };
-    if was_cut || state.deadline_hit.load(Ordering::Acquire) {
+    if was_cut || state.was_cut() {
         drain.count_cut();
         metrics.cut_total.inc();
         debug!(%peer, "connection cut at the grace deadline");
@@ -230,17 +127,23 @@ where
     let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // Our watchdog times heads from their first byte; hyper's timer would
+        // also run while the connection is idle and cut keep-alives short.
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => return finished(peer, &metrics, res),
-        _ = state.idle_for(settings.idle_grace, drain) => {
+        verdict = state.watchdog(settings.limits, drain, true) => match verdict {
             // Closes at once: hyper sees no request in progress.
-            conn.as_mut().graceful_shutdown();
-        }
+            Verdict::Idle => conn.as_mut().graceful_shutdown(),
+            Verdict::HeadTimeout => {
+                debug!(%peer, "request head not complete in time; closed");
+                return false;
+            }
+        },
         _ = drain.cut() => {}
     }
     tokio::select! {
@@ -256,7 +159,7 @@ where
 }
 
 /// Returns true when the deadline cut the connection (even if what it owed was still written).
-async fn serve_h2<IO>(io: TokioIo<IO>, svc: Proxy, drain: &Drain) -> bool
+async fn serve_h2<IO>(io: TokioIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -268,6 +171,10 @@ where
         _ = drain.reached(Phase::Draining) => {
             // GOAWAY: open streams finish, new ones are refused, the
             // connection closes when the last stream ends.
+            conn.as_mut().graceful_shutdown();
+        }
+        _ = state.watchdog(settings.limits, drain, false) => {
+            // Idle past the keep-alive timeout: GOAWAY too.
             conn.as_mut().graceful_shutdown();
         }
         _ = drain.cut() => {}
@@ -294,30 +201,34 @@ fn finished(peer: SocketAddr, metrics: &Metrics, res: Result<(), hyper::Error>) 
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads just enough to tell the h2c preface from an HTTP/1 request.
-async fn is_h2c<IO: AsyncRead + Unpin>(io: &mut IO, buf: &mut Vec<u8>) -> io::Result<bool> {
+/// Reads just enough to tell the h2c preface from an HTTP/1 request; what
+/// was read is replayed by the wrapper.
+async fn is_h2c<IO: AsyncRead + Unpin>(io: &mut ConnIo<IO>) -> io::Result<bool> {
+    let mut buf = Vec::with_capacity(PREFACE.len());
     loop {
-        if io.read_buf(buf).await? == 0 {
+        if io.io.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        io.state.bytes_read();
         let n = buf.len().min(PREFACE.len());
-        if buf[..n] != PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == PREFACE.len() {
-            return Ok(true);
+        if buf[..n] != PREFACE[..n] || n == PREFACE.len() {
+            let h2 = buf[..n] == *PREFACE;
+            io.prefix = buf;
+            return Ok(h2);
         }
     }
 }
 
-/// Replays the bytes read during detection, then reads from the socket.
-struct Prefixed<IO> {
+/// The client socket as hyper sees it: replays the bytes read during
+/// protocol detection, and tells the watchdog when request bytes arrive.
+struct ConnIo<IO> {
     prefix: Vec<u8>,
     pos: usize,
     io: IO,
+    state: Arc<ConnState>,
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pos < this.prefix.len() {
@@ -330,11 +241,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.bytes_read();
+        }
+        res
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ConnIo<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }

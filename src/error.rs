@@ -11,6 +11,10 @@ pub enum ProxyError {
     UpstreamConnect(String),
     /// The app broke the exchange before a response head (reset, garbage, closed).
     UpstreamProtocol(String),
+    /// The app did not send a response head within `--upstream-timeout`.
+    UpstreamTimeout,
+    /// The client's request body stalled past `--body-read-timeout`.
+    ClientTimeout,
     /// The grace deadline arrived before the app answered.
     Deadline,
     /// A new upgrade (WebSocket) request during a drain: the client should reconnect elsewhere.
@@ -27,6 +31,13 @@ impl ProxyError {
     /// Classifies a hyper-util client error.
     pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
         let detail = error_chain(&err);
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            if e.is::<crate::body::BodyStalled>() {
+                return ProxyError::ClientTimeout;
+            }
+            source = e.source();
+        }
         if err.is_connect() {
             ProxyError::UpstreamConnect(detail)
         } else {
@@ -39,6 +50,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_) => Some("connect"),
             ProxyError::UpstreamProtocol(_) => Some("protocol"),
+            ProxyError::UpstreamTimeout => Some("timeout"),
             _ => None,
         }
     }
@@ -50,6 +62,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -61,7 +75,8 @@ impl ProxyError {
         *res.status_mut() = status;
         let headers = res.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        if close || status == StatusCode::SERVICE_UNAVAILABLE {
+        // After a 408 the rest of the body is unread: the connection cannot be reused.
+        if close || status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::REQUEST_TIMEOUT {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
@@ -78,6 +93,8 @@ impl std::fmt::Display for ProxyError {
             ProxyError::NotReady => f.write_str("the app is not ready yet"),
             ProxyError::AppGone => f.write_str("the app has exited"),
             ProxyError::BadRequest(e) => write!(f, "bad request: {e}"),
+            ProxyError::UpstreamTimeout => f.write_str("upstream sent no response head in time"),
+            ProxyError::ClientTimeout => f.write_str("client request body stalled"),
         }
     }
 }

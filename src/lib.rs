@@ -14,7 +14,9 @@
 //! feeds it the signals.
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod conn;
 pub mod drain;
@@ -79,6 +81,8 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         ready: ready.clone(),
         upstream_wait: config.upstream_wait,
         app_gone: AtomicBool::new(false),
+        body_read_timeout: config.body_read_timeout,
+        upstream_timeout: config.upstream_timeout,
     });
 
     // Certificates first: a bad one must fail the start before anything binds.
@@ -117,9 +121,12 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         warn!("{warning}");
     }
     let settings = ConnSettings {
-        idle_grace: config.idle_grace,
+        limits: activity::Limits {
+            keepalive: config.keepalive_timeout,
+            idle_grace: config.idle_grace,
+            head: config.header_read_timeout,
+        },
         max_header_bytes: config.max_header_bytes,
-        header_read_timeout: config.header_read_timeout,
         tls_handshake_timeout: config.tls_handshake_timeout,
     };
     let acceptor = certs.as_ref().map(|c| c.acceptor());
@@ -147,7 +154,8 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         }
     };
     tokio::pin!(app_exit);
-    let accept = tokio::spawn(listener::accept_loop(listener, shared.clone(), settings, acceptor));
+    let accept =
+        tokio::spawn(listener::accept_loop(listener, shared.clone(), settings, acceptor, config.max_connections));
 
     // Serving: wait for the first stop.
     let mut events_open = true;

@@ -9,24 +9,23 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use http::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
     uri::{Authority, PathAndQuery, Scheme},
     Request, Response, StatusCode, Uri, Version,
 };
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+pub use crate::body::{full, ProxyBody, TrackedBody};
 use crate::{
-    conn::{ConnState, RequestGuard},
+    activity::ConnState,
+    body::StallGuard,
     drain::Drain,
     error::ProxyError,
     metrics::Metrics,
@@ -44,6 +43,10 @@ pub struct Shared {
     pub upstream_wait: Duration,
     /// The supervised app has exited: nothing to forward to.
     pub app_gone: AtomicBool,
+    /// `--body-read-timeout`: the longest a request body may stall.
+    pub body_read_timeout: Duration,
+    /// `--upstream-timeout`: the longest the app may take to send a response head.
+    pub upstream_timeout: Option<Duration>,
 }
 
 /// The hyper service for one client connection.
@@ -85,9 +88,19 @@ impl Proxy {
             match self.prepare(&mut req, upgrade) {
                 Err(e) => Err(e),
                 Ok(()) => {
-                    let req = req.map(ProxyBody::Incoming);
+                    let req = req.map(|b| ProxyBody::Request(StallGuard::new(b, self.shared.body_read_timeout)));
+                    let exchange = self.shared.client.request(req);
+                    let exchange = async {
+                        match self.shared.upstream_timeout {
+                            Some(limit) => {
+                                tokio::time::timeout(limit, exchange).await.map_err(|_| ProxyError::UpstreamTimeout)?
+                            }
+                            None => exchange.await,
+                        }
+                        .map_err(ProxyError::from_client)
+                    };
                     tokio::select! {
-                        res = self.shared.client.request(req) => res.map_err(ProxyError::from_client),
+                        res = exchange => res,
                         _ = drain.cut() => Err(ProxyError::Deadline),
                     }
                     .map(|res| (res, client_upgrade))
@@ -125,7 +138,7 @@ impl Proxy {
         metrics.response(res.status());
         metrics.request_duration.observe(started.elapsed().as_secs_f64());
         guard.head_sent();
-        res.map(|body| TrackedBody { inner: body, _guard: guard })
+        res.map(|body| TrackedBody { inner: body, guard })
     }
 
     /// In supervisor mode, waits (bounded) for the app to be ready; fails at
@@ -181,6 +194,8 @@ impl Proxy {
     /// that only the grace deadline interrupts.
     fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
         let (drain, metrics, peer) = (self.shared.drain.clone(), self.shared.metrics.clone(), self.peer);
+        // The tunnel outlives the HTTP connection: it keeps the connection slot.
+        let permit = self.conn.take_permit();
         // Spawned before the 101 goes out, so the tracker never sees zero
         // connections between the HTTP connection ending and the tunnel starting.
         self.shared.drain.tracker.spawn(async move {
@@ -201,6 +216,7 @@ impl Proxy {
                 }
             }
             metrics.conn_upgraded.dec();
+            drop(permit);
         });
     }
 }
@@ -255,69 +271,6 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let value = if prior.peek().is_some() { format!("{}, {ip}", prior.collect::<Vec<_>>().join(", ")) } else { ip };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
-    }
-}
-
-/// A body in either direction, without boxing.
-pub enum ProxyBody {
-    Incoming(Incoming),
-    Full(Option<Bytes>),
-    Empty,
-}
-
-/// A whole body from bytes (error pages, admin answers).
-pub fn full(data: impl Into<Bytes>) -> ProxyBody {
-    ProxyBody::Full(Some(data.into()))
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            ProxyBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Incoming(b) => b.is_end_stream(),
-            ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Incoming(b) => b.size_hint(),
-            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            _ => SizeHint::with_exact(0),
-        }
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is
-/// fully sent (or dropped with the connection).
-pub struct TrackedBody {
-    inner: ProxyBody,
-    _guard: RequestGuard,
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -1,0 +1,174 @@
+//! What one client connection is doing (requests in flight, idle since when, a head arriving) and when it must close.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use crate::{
+    drain::{Drain, Phase},
+    metrics::Metrics,
+};
+
+/// Shared by a connection's task, its service and its I/O wrapper; no
+/// registry of connections exists anywhere else.
+pub struct ConnState {
+    /// Requests whose response body has not finished.
+    in_flight: AtomicUsize,
+    /// Requests still waiting for a response head.
+    heads_pending: AtomicUsize,
+    /// When `in_flight` last dropped to zero (µs since process start).
+    last_done: AtomicU64,
+    /// When the first byte of a not-yet-complete request head arrived (0: none).
+    head_started: AtomicU64,
+    /// Woken whenever `in_flight` drops to zero.
+    idle: Notify,
+    /// A request on this connection was answered 503 by the deadline.
+    deadline_hit: AtomicBool,
+    /// The `--max-connections` slot; an upgraded tunnel takes it over.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+/// Why a connection's watchdog says it must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No request in progress for long enough (keep-alive timeout, or idle-grace while draining): close gracefully.
+    Idle,
+    /// A request head has been arriving for longer than the header read timeout (slowloris): drop it.
+    HeadTimeout,
+}
+
+/// The watchdog's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub keepalive: Duration,
+    pub idle_grace: Duration,
+    pub head: Duration,
+}
+
+impl ConnState {
+    pub fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
+        ConnState {
+            in_flight: AtomicUsize::new(0),
+            heads_pending: AtomicUsize::new(0),
+            last_done: AtomicU64::new(now_micros()),
+            head_started: AtomicU64::new(0),
+            idle: Notify::new(),
+            deadline_hit: AtomicBool::new(false),
+            permit: Mutex::new(permit),
+        }
+    }
+
+    /// Marks a request as started; it ends when the guard drops.
+    pub fn begin(self: &Arc<Self>, metrics: &Arc<Metrics>) -> RequestGuard {
+        metrics.in_flight.inc();
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            metrics.conn_active.inc();
+        }
+        self.heads_pending.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+        RequestGuard { conn: self.clone(), metrics: metrics.clone(), head_pending: true }
+    }
+
+    /// Bytes arrived from the client (called by the connection's I/O wrapper).
+    pub fn bytes_read(&self) {
+        // Only the first byte of a head matters, and only between requests.
+        if self.head_started.load(Ordering::Relaxed) == 0 && self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.head_started.store(now_micros().max(1), Ordering::Release);
+        }
+    }
+
+    /// The deadline answered one of this connection's requests: the
+    /// connection counts as cut even if it then closed cleanly.
+    pub fn mark_cut(&self) {
+        self.deadline_hit.store(true, Ordering::Release);
+    }
+
+    pub fn was_cut(&self) -> bool {
+        self.deadline_hit.load(Ordering::Acquire)
+    }
+
+    /// True when some response is past its head and still streaming.
+    pub fn streaming(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > self.heads_pending.load(Ordering::Acquire)
+    }
+
+    /// Hands the connection slot to whoever outlives the HTTP connection (a tunnel).
+    pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().expect("never poisoned").take()
+    }
+
+    /// Resolves when the connection must close: idle past the keep-alive
+    /// timeout (or, once the drain started, past the idle-grace), or a
+    /// request head arriving too slowly. `h1`: HTTP/2 has no heads to time
+    /// here (h2 frames its own) and no idle race to protect.
+    pub async fn watchdog(&self, limits: Limits, drain: &Drain, h1: bool) -> Verdict {
+        loop {
+            let woken = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                woken.await;
+                continue;
+            }
+            let draining = drain.is_draining();
+            let now = now_micros();
+            let head_started = self.head_started.load(Ordering::Acquire);
+            let (since, limit, verdict) = if h1 && head_started != 0 {
+                (head_started, limits.head, Verdict::HeadTimeout)
+            } else if draining {
+                (self.last_done.load(Ordering::Acquire), limits.idle_grace, Verdict::Idle)
+            } else {
+                (self.last_done.load(Ordering::Acquire), limits.keepalive, Verdict::Idle)
+            };
+            let elapsed = Duration::from_micros(now.saturating_sub(since));
+            if elapsed >= limit {
+                return verdict;
+            }
+            // Re-evaluate when the limit passes, a request ends, or the drain starts.
+            tokio::select! {
+                _ = tokio::time::sleep(limit - elapsed) => {}
+                _ = woken => {}
+                _ = drain.reached(Phase::Draining), if !draining => {}
+            }
+        }
+    }
+}
+
+/// Keeps one request counted until its response body is done.
+pub struct RequestGuard {
+    conn: Arc<ConnState>,
+    metrics: Arc<Metrics>,
+    head_pending: bool,
+}
+
+impl RequestGuard {
+    /// The response head is about to be written.
+    pub fn head_sent(&mut self) {
+        if std::mem::take(&mut self.head_pending) {
+            self.conn.heads_pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.head_sent();
+        self.metrics.in_flight.dec();
+        if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.metrics.conn_active.dec();
+            self.conn.head_started.store(0, Ordering::Release);
+            self.conn.last_done.store(now_micros(), Ordering::Release);
+            self.conn.idle.notify_one();
+        }
+    }
+}
+
+/// Microseconds since the process started: cheap to store in an atomic.
+pub fn now_micros() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
