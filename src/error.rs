@@ -31,12 +31,14 @@ impl ProxyError {
     /// Classifies a hyper-util client error.
     pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
         let detail = error_chain(&err);
-        let mut source = std::error::Error::source(&err);
-        while let Some(e) = source {
-            if e.is::<crate::body::BodyStalled>() {
-                return ProxyError::ClientTimeout;
-            }
-            source = e.source();
+        let chain = std::iter::successors(std::error::Error::source(&err), |e| e.source());
+        if chain.clone().any(|e| e.is::<crate::body::BodyStalled>()) {
+            return ProxyError::ClientTimeout;
+        }
+        // Reading the client's request body failed (a bad chunk size, cut
+        // short): its fault, not the app's.
+        if chain.clone().any(|e| e.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user())) {
+            return ProxyError::BadRequest("malformed or interrupted request body");
         }
         if err.is_connect() {
             ProxyError::UpstreamConnect(detail)
@@ -75,8 +77,9 @@ impl ProxyError {
         *res.status_mut() = status;
         let headers = res.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        // After a 408 the rest of the body is unread: the connection cannot be reused.
-        if close || status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::REQUEST_TIMEOUT {
+        // After a 408 or a 400 the rest of the body is unread or unreadable:
+        // the connection cannot be reused.
+        if close || status != StatusCode::BAD_GATEWAY && status != StatusCode::GATEWAY_TIMEOUT {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res

@@ -12,6 +12,12 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     // Exits 2 with one clear line on any config error, before anything binds.
     let invocation = config::from_args();
+    // A panic in one connection's task is caught by the runtime and ends
+    // only that connection; make sure it is never silent.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+    }));
     if let Invocation::Serve(config) = &invocation {
         init_logs(config);
     }

@@ -73,6 +73,11 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 impl Proxy {
     async fn handle(self, mut req: Request<Incoming>) -> Response<TrackedBody> {
         let mut guard = self.conn.begin(&self.shared.metrics);
+        // Test hook, debug builds only: prove a panicking connection task
+        // neither takes the process down nor goes unlogged.
+        if cfg!(debug_assertions) && req.headers().contains_key("x-drainproxy-test-panic") {
+            panic!("test panic requested by {}", self.peer);
+        }
         let started = Instant::now();
         let drain = &self.shared.drain;
         let h1 = req.version() < Version::HTTP_2;
