@@ -32,6 +32,9 @@ pub struct ConnState {
     deadline_hit: AtomicBool,
     /// The `--max-connections` slot; an upgraded tunnel takes it over.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Bytes written since hyper last flushed (hyper flushes the socket only
+    /// once its own write buffer is empty).
+    unflushed: AtomicBool,
 }
 
 /// Why a connection's watchdog says it must close.
@@ -61,6 +64,34 @@ impl ConnState {
             idle: Notify::new(),
             deadline_hit: AtomicBool::new(false),
             permit: Mutex::new(permit),
+            unflushed: AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the I/O wrapper on every write and flush.
+    pub fn wrote(&self, flushed: bool) {
+        self.unflushed.store(!flushed, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been quiet for `d`: no request in
+    /// progress, no head arriving, nothing left in hyper's write buffer.
+    /// Only then may its HTTP state be dropped and re-created later.
+    pub async fn quiet_for(&self, d: Duration) {
+        loop {
+            let woken = self.idle.notified();
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                woken.await;
+                continue;
+            }
+            let idle = Duration::from_micros(now_micros().saturating_sub(self.last_done.load(Ordering::Acquire)));
+            let quiet = self.head_started.load(Ordering::Acquire) == 0 && !self.unflushed.load(Ordering::Acquire);
+            if quiet && idle >= d {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(d.saturating_sub(idle).max(Duration::from_millis(10))) => {}
+                _ = woken => {}
+            }
         }
     }
 
@@ -162,7 +193,9 @@ impl Drop for RequestGuard {
             self.metrics.conn_active.dec();
             self.conn.head_started.store(0, Ordering::Release);
             self.conn.last_done.store(now_micros(), Ordering::Release);
-            self.conn.idle.notify_one();
+            // Every waiter (watchdog, park timer) re-checks; each created its
+            // `Notified` before looking, so none misses this.
+            self.conn.idle.notify_waiters();
         }
     }
 }

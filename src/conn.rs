@@ -26,6 +26,30 @@ use crate::{
     proxy::{Proxy, Shared},
 };
 
+/// How long an HTTP/1 connection must be quiet before it is parked.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// A client socket: plain TCP can wait for readability without a buffer,
+/// which lets idle connections park; TLS keeps its session state anyway.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    const CAN_PARK: bool;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for TcpStream {
+    const CAN_PARK: bool = true;
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    const CAN_PARK: bool = false;
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
 /// After the deadline, how long a connection may take to write the 503s it
 /// owes before it is dropped (a client that does not read cannot hold us).
 const CUT_FLUSH: Duration = Duration::from_millis(100);
@@ -86,7 +110,7 @@ pub async fn serve<IO>(
     h2: Option<bool>,
     permit: Option<OwnedSemaphorePermit>,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Transport,
 {
     let metrics = shared.metrics.clone();
     metrics.connections_total.inc();
@@ -107,7 +131,7 @@ pub async fn serve<IO>(
         },
     };
     let was_cut = match detected {
-        Some(false) => serve_h1(TokioIo::new(io), svc, &state, &settings, &drain).await,
+        Some(false) => serve_h1(io, svc, &state, &settings, &drain).await,
         Some(true) => serve_h2(TokioIo::new(io), svc, &state, &settings, &drain).await,
         None => false,
     };
@@ -120,32 +144,60 @@ pub async fn serve<IO>(
 }
 
 /// Returns true when the deadline cut the connection (even if what it owed was still written).
-async fn serve_h1<IO>(io: TokioIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> bool
+///
+/// An idle keep-alive connection does not need hyper's state or buffers
+/// (~20 KiB): after [`PARK_AFTER`] of quiet they are dropped and the bare
+/// socket waits for readability; the next request gets a fresh hyper
+/// connection. Busy keep-alive clients never park.
+async fn serve_h1<IO>(mut io: ConnIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> bool
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Transport,
 {
     let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         // Our watchdog times heads from their first byte; hyper's timer would
         // also run while the connection is idle and cut keep-alives short.
         .header_read_timeout(None)
-        .max_buf_size(settings.max_header_bytes)
-        .serve_connection(io, svc)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => return finished(peer, &metrics, res),
-        verdict = state.watchdog(settings.limits, drain, true) => match verdict {
-            // Closes at once: hyper sees no request in progress.
-            Verdict::Idle => conn.as_mut().graceful_shutdown(),
-            Verdict::HeadTimeout => {
-                debug!(%peer, "request head not complete in time; closed");
-                return false;
+        .max_buf_size(settings.max_header_bytes);
+    let mut conn = loop {
+        // Boxed: a parked connection's task keeps none of hyper's state.
+        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades());
+        tokio::select! {
+            res = conn.as_mut() => return finished(peer, &metrics, res),
+            verdict = state.watchdog(settings.limits, drain, true) => match verdict {
+                // Closes at once: hyper sees no request in progress.
+                Verdict::Idle => conn.as_mut().graceful_shutdown(),
+                Verdict::HeadTimeout => {
+                    debug!(%peer, "request head not complete in time; closed");
+                    return false;
+                }
+            },
+            _ = state.quiet_for(PARK_AFTER), if IO::CAN_PARK => {
+                let Some(parts) = Pin::into_inner(conn).into_parts() else { return false };
+                io = parts.io.into_inner();
+                // Bytes hyper read ahead but did not parse yet are replayed.
+                io.prefix = parts.read_buf.to_vec();
+                io.pos = 0;
+                if io.prefix.is_empty() {
+                    debug!(%peer, "idle connection parked");
+                    tokio::select! {
+                        ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
+                        _ = state.watchdog(settings.limits, drain, true) => {
+                            // Idle past the keep-alive timeout or the idle-grace: a clean FIN.
+                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io.io).await;
+                            return false;
+                        }
+                        _ = drain.cut() => return false,
+                    }
+                }
+                continue;
             }
-        },
-        _ = drain.cut() => {}
-    }
+            _ = drain.cut() => {}
+        }
+        break conn;
+    };
     tokio::select! {
         res = conn.as_mut() => return finished(peer, &metrics, res),
         _ = drain.cut() => {}

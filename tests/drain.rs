@@ -309,3 +309,24 @@ async fn post_drain_on_admin_drains_like_sigterm() {
     let (status, _) = p.exit().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn parked_idle_connection_serves_again_and_drains() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--log-level", "drainproxy=debug"]).await;
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    // After a second of quiet the connection gives up its HTTP state...
+    p.log.wait_for("idle connection parked").await;
+    // ...and the next request on the same socket is served as if nothing happened.
+    let res = c.get("/echo").await;
+    assert_eq!(res.status, 200);
+    assert!(!res.closes());
+    p.log.wait_for("idle connection parked").await;
+    p.sigterm();
+    // A parked socket is closed by the drain like any idle one: a clean EOF.
+    assert_eq!(c.end().await, End::Eof);
+    let (status, took) = p.exit().await;
+    assert!(status.success());
+    assert!(took < NOT_THE_GRACE);
+}
