@@ -27,7 +27,7 @@ use crate::{
 };
 
 /// How long an HTTP/1 connection must be quiet before it is parked.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_millis(25);
 
 /// A client socket: plain TCP can wait for readability without a buffer,
 /// which lets idle connections park; TLS keeps its session state anyway.
@@ -132,7 +132,8 @@ pub async fn serve<IO>(
     };
     let was_cut = match detected {
         Some(false) => serve_h1(io, svc, &state, &settings, &drain).await,
-        Some(true) => serve_h2(TokioIo::new(io), svc, &state, &settings, &drain).await,
+        // Boxed: only h2 connections pay for the h2 state machine's size.
+        Some(true) => Box::pin(serve_h2(TokioIo::new(io), svc, &state, &settings, &drain)).await,
         None => false,
     };
     if was_cut || state.was_cut() {

@@ -29,6 +29,7 @@ pub mod signal;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;
+pub mod websocket;
 
 use std::{
     sync::{

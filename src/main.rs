@@ -9,6 +9,9 @@ use drainproxy::{
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Exits 2 with one clear line on any config error, before anything binds.
     let invocation = config::from_args();

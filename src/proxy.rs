@@ -115,7 +115,8 @@ impl Proxy {
 
         let mut res = match result {
             Ok((mut res, Some(client_upgrade))) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                self.tunnel(client_upgrade, hyper::upgrade::on(&mut res));
+                let websocket = crate::websocket::is_websocket(res.headers());
+                self.tunnel(client_upgrade, hyper::upgrade::on(&mut res), websocket);
                 res.map(|_| ProxyBody::Empty)
             }
             Ok((res, _)) => {
@@ -197,7 +198,7 @@ impl Proxy {
 
     /// Joins the client's and the app's upgraded sockets, as a tracked task
     /// that only the grace deadline interrupts.
-    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    fn tunnel(&self, client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, websocket: bool) {
         let (drain, metrics, peer) = (self.shared.drain.clone(), self.shared.metrics.clone(), self.peer);
         // The tunnel outlives the HTTP connection: it keeps the connection slot.
         let permit = self.conn.take_permit();
@@ -209,15 +210,15 @@ impl Proxy {
                 (Err(e), _) | (_, Err(e)) => return debug!(%peer, error = %e, "upgrade failed"),
             };
             metrics.conn_upgraded.inc();
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::select! {
-                res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                    debug!(%peer, result = ?res, "tunnel closed");
-                }
-                _ = drain.cut() => {
+            let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            // WebSockets get a Close 1001 (Going Away) at a frame boundary when
+            // the deadline cuts them; other tunnels are simply closed.
+            match crate::websocket::tunnel(client, upstream, websocket, drain.cut()).await {
+                crate::websocket::TunnelEnd::Closed(res) => debug!(%peer, result = ?res, "tunnel closed"),
+                crate::websocket::TunnelEnd::Cut { graceful } => {
                     drain.count_cut();
                     metrics.cut_total.inc();
-                    debug!(%peer, "tunnel cut at the grace deadline");
+                    debug!(%peer, websocket, graceful, "tunnel cut at the grace deadline");
                 }
             }
             metrics.conn_upgraded.dec();
