@@ -44,6 +44,8 @@ pub enum Verdict {
     Idle,
     /// A request head has been arriving for longer than the header read timeout (slowloris): drop it.
     HeadTimeout,
+    /// Quiet long enough to drop the HTTP state and wait on the bare socket.
+    Park,
 }
 
 /// The watchdog's limits.
@@ -71,28 +73,6 @@ impl ConnState {
     /// Called by the I/O wrapper on every write and flush.
     pub fn wrote(&self, flushed: bool) {
         self.unflushed.store(!flushed, Ordering::Relaxed);
-    }
-
-    /// Resolves once the connection has been quiet for `d`: no request in
-    /// progress, no head arriving, nothing left in hyper's write buffer.
-    /// Only then may its HTTP state be dropped and re-created later.
-    pub async fn quiet_for(&self, d: Duration) {
-        loop {
-            let woken = self.idle.notified();
-            if self.in_flight.load(Ordering::Acquire) > 0 {
-                woken.await;
-                continue;
-            }
-            let idle = Duration::from_micros(now_micros().saturating_sub(self.last_done.load(Ordering::Acquire)));
-            let quiet = self.head_started.load(Ordering::Acquire) == 0 && !self.unflushed.load(Ordering::Acquire);
-            if quiet && idle >= d {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(d.saturating_sub(idle).max(Duration::from_millis(10))) => {}
-                _ = woken => {}
-            }
-        }
     }
 
     /// Marks a request as started; it ends when the guard drops.
@@ -136,9 +116,13 @@ impl ConnState {
 
     /// Resolves when the connection must close: idle past the keep-alive
     /// timeout (or, once the drain started, past the idle-grace), or a
-    /// request head arriving too slowly. `h1`: HTTP/2 has no heads to time
-    /// here (h2 frames its own) and no idle race to protect.
-    pub async fn watchdog(&self, limits: Limits, drain: &Drain, h1: bool) -> Verdict {
+    /// request head arriving too slowly; or, with `park`, when it has been
+    /// quiet that long (no request, no head arriving, nothing unflushed).
+    /// `h1`: HTTP/2 has no heads to time here (h2 frames its own).
+    /// One future and one timer per connection, re-armed when a request ends.
+    pub async fn watchdog(&self, limits: Limits, drain: &Drain, h1: bool, park: Option<Duration>) -> Verdict {
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
         loop {
             let woken = self.idle.notified();
             if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -148,20 +132,33 @@ impl ConnState {
             let draining = drain.is_draining();
             let now = now_micros();
             let head_started = self.head_started.load(Ordering::Acquire);
+            let last_done = self.last_done.load(Ordering::Acquire);
             let (since, limit, verdict) = if h1 && head_started != 0 {
                 (head_started, limits.head, Verdict::HeadTimeout)
             } else if draining {
-                (self.last_done.load(Ordering::Acquire), limits.idle_grace, Verdict::Idle)
+                (last_done, limits.idle_grace, Verdict::Idle)
             } else {
-                (self.last_done.load(Ordering::Acquire), limits.keepalive, Verdict::Idle)
+                (last_done, limits.keepalive, Verdict::Idle)
             };
             let elapsed = Duration::from_micros(now.saturating_sub(since));
             if elapsed >= limit {
                 return verdict;
             }
-            // Re-evaluate when the limit passes, a request ends, or the drain starts.
+            let mut wait = limit - elapsed;
+            if let (Some(park), Verdict::Idle) = (park, verdict) {
+                if self.unflushed.load(Ordering::Acquire) {
+                    // hyper is still writing: look again shortly.
+                    wait = wait.min(Duration::from_millis(5));
+                } else if elapsed >= park {
+                    return Verdict::Park;
+                } else {
+                    wait = wait.min(park - elapsed);
+                }
+            }
+            // Re-evaluate when the wait passes, a request ends, or the drain starts.
+            sleep.as_mut().reset(tokio::time::Instant::now() + wait);
             tokio::select! {
-                _ = tokio::time::sleep(limit - elapsed) => {}
+                _ = &mut sleep => {}
                 _ = woken => {}
                 _ = drain.reached(Phase::Draining), if !draining => {}
             }

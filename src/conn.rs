@@ -126,7 +126,7 @@ pub async fn serve<IO>(
         Some(known) => Some(known),
         None => tokio::select! {
             r = is_h2c(&mut io) => r.ok(),
-            _ = state.watchdog(settings.limits, &drain, true) => None,
+            _ = state.watchdog(settings.limits, &drain, true, None) => None,
             _ = drain.cut() => None,
         },
     };
@@ -165,36 +165,37 @@ where
     let mut conn = loop {
         // Boxed: a parked connection's task keeps none of hyper's state.
         let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades());
+        let park = IO::CAN_PARK.then_some(PARK_AFTER);
         tokio::select! {
             res = conn.as_mut() => return finished(peer, &metrics, res),
-            verdict = state.watchdog(settings.limits, drain, true) => match verdict {
+            verdict = state.watchdog(settings.limits, drain, true, park) => match verdict {
                 // Closes at once: hyper sees no request in progress.
                 Verdict::Idle => conn.as_mut().graceful_shutdown(),
                 Verdict::HeadTimeout => {
                     debug!(%peer, "request head not complete in time; closed");
                     return false;
                 }
-            },
-            _ = state.quiet_for(PARK_AFTER), if IO::CAN_PARK => {
-                let Some(parts) = Pin::into_inner(conn).into_parts() else { return false };
-                io = parts.io.into_inner();
-                // Bytes hyper read ahead but did not parse yet are replayed.
-                io.prefix = parts.read_buf.to_vec();
-                io.pos = 0;
-                if io.prefix.is_empty() {
-                    debug!(%peer, "idle connection parked");
-                    tokio::select! {
-                        ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
-                        _ = state.watchdog(settings.limits, drain, true) => {
-                            // Idle past the keep-alive timeout or the idle-grace: a clean FIN.
-                            let _ = tokio::io::AsyncWriteExt::shutdown(&mut io.io).await;
-                            return false;
+                Verdict::Park => {
+                    let Some(parts) = Pin::into_inner(conn).into_parts() else { return false };
+                    io = parts.io.into_inner();
+                    // Bytes hyper read ahead but did not parse yet are replayed.
+                    io.prefix = parts.read_buf.to_vec();
+                    io.pos = 0;
+                    if io.prefix.is_empty() {
+                        debug!(%peer, "idle connection parked");
+                        tokio::select! {
+                            ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
+                            _ = state.watchdog(settings.limits, drain, true, None) => {
+                                // Idle past the keep-alive timeout or the idle-grace: a clean FIN.
+                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io.io).await;
+                                return false;
+                            }
+                            _ = drain.cut() => return false,
                         }
-                        _ = drain.cut() => return false,
                     }
+                    continue;
                 }
-                continue;
-            }
+            },
             _ = drain.cut() => {}
         }
         break conn;
@@ -226,7 +227,7 @@ where
             // connection closes when the last stream ends.
             conn.as_mut().graceful_shutdown();
         }
-        _ = state.watchdog(settings.limits, drain, false) => {
+        _ = state.watchdog(settings.limits, drain, false, None) => {
             // Idle past the keep-alive timeout: GOAWAY too.
             conn.as_mut().graceful_shutdown();
         }

@@ -27,8 +27,11 @@ fn main() -> ExitCode {
     // On one CPU (a pinned sidecar, a 1-core limit) a single-threaded
     // runtime skips work-stealing and cross-thread wake-ups entirely.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder =
-        if cpus == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
