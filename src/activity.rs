@@ -32,10 +32,15 @@ pub struct ConnState {
     deadline_hit: AtomicBool,
     /// The `--max-connections` slot; an upgraded tunnel takes it over.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Set by the first request: until then a drain gives the connection at least [`FIRST_REQUEST_GRACE`].
+    served: AtomicBool,
     /// Bytes written since hyper last flushed (hyper flushes the socket only
     /// once its own write buffer is empty).
     unflushed: AtomicBool,
 }
+
+/// During a drain, how long a connection that has not sent its first request may still send it.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a connection's watchdog says it must close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,7 @@ impl ConnState {
             deadline_hit: AtomicBool::new(false),
             permit: Mutex::new(permit),
             unflushed: AtomicBool::new(false),
+            served: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +89,7 @@ impl ConnState {
         }
         self.heads_pending.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
+        self.served.store(true, Ordering::Relaxed);
         RequestGuard { conn: self.clone(), metrics: metrics.clone(), head_pending: true }
     }
 
@@ -135,8 +142,13 @@ impl ConnState {
             let last_done = self.last_done.load(Ordering::Acquire);
             let (since, limit, verdict) = if h1 && head_started != 0 {
                 (head_started, limits.head, Verdict::HeadTimeout)
-            } else if draining {
+            } else if draining && self.served.load(Ordering::Relaxed) {
                 (last_done, limits.idle_grace, Verdict::Idle)
+            } else if draining {
+                // A connection that has not sent its first request yet was
+                // opened to send one, likely in flight now: closing it would
+                // lose it even with `--idle-grace 0`.
+                (last_done, limits.idle_grace.max(FIRST_REQUEST_GRACE), Verdict::Idle)
             } else {
                 (last_done, limits.keepalive, Verdict::Idle)
             };
