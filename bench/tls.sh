@@ -306,10 +306,10 @@ h2() { # port: h2load over TLS, ALPN h2
 TESTS=(full reconnect keepalive h2)
 declare -A FN=([full]=full_handshakes [reconnect]=reconnect [keepalive]=keepalive [h2]=h2)
 declare -A DESC=(
-    [full]="full TLS 1.3 handshakes/s (new session, 1 GET each)"
-    [reconnect]="new connection per request, resumption allowed (req/s)"
-    [keepalive]="HTTPS/1.1 keep-alive req/s (64 conns)"
-    [h2]="h2 over TLS req/s (${H2_CONNS} conns x ${H2_STREAMS} streams)"
+    [full]="full TLS 1.3 handshake (new session, 1 GET)"
+    [reconnect]="new connection per request (resumption allowed)"
+    [keepalive]="HTTPS/1.1 keep-alive request ($CONNS conns)"
+    [h2]="h2 over TLS request ($H2_CONNS conns x $H2_STREAMS streams)"
 )
 declare -A TOOL=(
     [full]="${HS_CLIENTS}x \`openssl s_time -new -www /\`"
@@ -371,12 +371,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$
 
 TABLE=$WORK/table.md
 {
-    echo "| measurement | tool | drainproxy | nginx | drainproxy/nginx | drainproxy CPU/op | nginx CPU/op | nginx/drainproxy CPU |"
+    echo "| measurement | tool | drainproxy CPU/op | nginx CPU/op | **CPU/op nginx/drainproxy** | drainproxy rate | nginx rate | **rate drainproxy/nginx** |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
     for test in "${TESTS[@]}"; do
         read -r dr dc du <<<"$(cell "$test" drainproxy)"
         read -r nr nc nu <<<"$(cell "$test" nginx)"
-        echo "| ${DESC[$test]} | ${TOOL[$test]} | $dr (CPU $dc%) | $nr (CPU $nc%) | **$(ratio "$dr" "$nr")** | ${du} µs | ${nu} µs | **$(ratio "$nu" "$du")** |"
+        echo "| ${DESC[$test]} | ${TOOL[$test]} | $du µs | $nu µs | **$(ratio "$nu" "$du")** | $dr/s (CPU $dc%) | $nr/s (CPU $nc%) | **$(ratio "$dr" "$nr")** |"
     done
 } >"$TABLE"
 ROUNDS_TABLE=$WORK/rounds.md
@@ -409,11 +409,15 @@ BUSY_AFTER=$(background_busy)
     echo "  resume sessions on reconnect, so they cannot measure full handshakes.)"
     echo "- **reconnect**: \`h2load --h1 -n $RECONNECT_N -c 16 -H 'Connection: close'\`: every request on a new"
     echo "  connection, which h2load opens by resuming the previous session when the server allows it."
-    echo "- CPU: the proxy's own CPU time during the measurement, as a share of its core, and per request or"
-    echo "  handshake (\"CPU/op\"). A proxy below ~90% was not the bottleneck (the load core was, shared by the"
-    echo "  clients and the upstream), so for such rows compare CPU/op: nginx/drainproxy above 1 means"
-    echo "  drainproxy spends less CPU per operation."
-    echo "- Machine busy with other work: ${BUSY_BEFORE}% before the run, ${BUSY_AFTER}% after (of both cores)."
+    echo "- **CPU/op**: the proxy's own CPU time (utime+stime from /proc) per handshake or request. Above 1,"
+    echo "  nginx/drainproxy means drainproxy spends less CPU per operation. It is the fairer comparison"
+    echo "  here: on a 2-core machine the clients and the upstream share one core, so a proxy often is not"
+    echo "  the bottleneck (its CPU share stays below ~90%), and other work on the machine moves the rates"
+    echo "  far more than the CPU per operation."
+    echo "- **rate**: what the client measured, with the proxy's CPU share meanwhile; the ratio is"
+    echo "  meaningful only where both proxies ran near 100% on a quiet machine."
+    echo "- Machine busy with other work: ${BUSY_BEFORE}% just before the measurements, ${BUSY_AFTER}% just after"
+    echo "  (of both cores, over one second with nothing of this run loaded)."
     echo
     echo "Negotiated with an OpenSSL client:"
     echo

@@ -605,9 +605,14 @@ fn compose(src: &str, p: &mut Problems) -> Result<(), String> {
         });
     }
     let proxy = &doc["services"]["proxy"];
-    let args = strings(&proxy["command"]).map_err(|e| format!("service proxy: command: {e}"))?;
-    let flags = Settings::from_flags(&Flags(&args))?;
-    let drain = flags.drain_delay + flags.grace;
+    let all_args = strings(&proxy["command"]).map_err(|e| format!("service proxy: command: {e}"))?;
+    // Supervisor mode: drainproxy's own flags, then `--`, then the app's command line.
+    let split = all_args.iter().position(|a| a == "--").unwrap_or(all_args.len());
+    let (args, app_command) = (&all_args[..split], all_args.get(split + 1..).unwrap_or_default());
+    let flags = Settings::from_flags(&Flags(args))?;
+    // In supervisor mode the app is stopped only after the drain, within --app-grace.
+    let app_grace = if app_command.is_empty() { Duration::ZERO } else { Flags(args).duration("--app-grace", "10s")? };
+    let drain = flags.drain_delay + flags.grace + app_grace;
 
     // Grace arithmetic: compose SIGKILLs after stop_grace_period (default 10 s).
     let stop = parse_duration(proxy["stop_grace_period"].as_str().ok_or("service proxy has no stop_grace_period")?)?;
@@ -642,10 +647,23 @@ fn compose(src: &str, p: &mut Problems) -> Result<(), String> {
         format!("no entry of ports publishes the --listen port {}", flags.listen.port)
     });
 
-    // The app is another service, reachable across containers, stopped after the proxy.
+    // Supervisor mode: the app is drainproxy's child, on loopback in the same container.
+    if !app_command.is_empty() {
+        p.check(flags.upstream.is_loopback(), || {
+            format!("supervisor mode, but --upstream {} is not loopback", flags.upstream)
+        });
+        match Flags(app_command).value("--listen").map(Addr::parse) {
+            Some(Ok(a)) => p.check(a.port == flags.upstream.port, || {
+                format!("--upstream {} but the supervised app listens on {a}", flags.upstream)
+            }),
+            _ => p.add("the supervised app has no --listen address".into()),
+        }
+    }
+    // Otherwise the app is another service, reachable across containers, stopped after the proxy.
     let app_name = flags.upstream.host.as_str();
     let app = &doc["services"][app_name];
-    if app.is_badvalue() {
+    if !app_command.is_empty() {
+    } else if app.is_badvalue() {
         p.add(format!("--upstream {} names no service", flags.upstream));
     } else {
         let app_args = strings(&app["command"]).map_err(|e| format!("service {app_name}: command: {e}"))?;
