@@ -28,6 +28,9 @@ pub struct TlsFiles {
 pub struct Certificates {
     files: TlsFiles,
     current: RwLock<Loaded>,
+    /// The file contents of the last broken replacement, so the watcher
+    /// reports it once rather than every check.
+    rejected: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -54,7 +57,7 @@ impl Certificates {
     pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
         let provider = Arc::new(ring::default_provider());
         let loaded = load(&files, &provider)?;
-        Ok(Arc::new(Certificates { files, current: RwLock::new(loaded), provider }))
+        Ok(Arc::new(Certificates { files, current: RwLock::new(loaded), rejected: Default::default(), provider }))
     }
 
     /// The acceptor for the listener: ALPN h2 then http/1.1.
@@ -71,9 +74,12 @@ impl Certificates {
     /// Re-reads the files if they changed. A broken replacement keeps the
     /// certificate in service and logs why.
     pub fn reload(&self, reason: &str) {
-        let unchanged =
-            read_both(&self.files).is_ok_and(|source| source == self.current.read().expect("never poisoned").source);
-        if unchanged && reason != "SIGHUP" {
+        let on_disk = read_both(&self.files).ok();
+        let seen = on_disk.as_ref().is_some_and(|source| {
+            *source == self.current.read().expect("never poisoned").source
+                || Some(source) == self.rejected.lock().expect("never poisoned").as_ref()
+        });
+        if seen && reason != "SIGHUP" {
             return;
         }
         match load(&self.files, &self.provider) {
@@ -82,6 +88,7 @@ impl Certificates {
                 info!(reason, cert = %self.files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
+                *self.rejected.lock().expect("never poisoned") = on_disk;
                 error!(reason, error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one")
             }
         }
