@@ -176,10 +176,15 @@ where
                     return false;
                 }
                 Verdict::Park => {
-                    let Some(parts) = Pin::into_inner(conn).into_parts() else { return false };
-                    io = parts.io.into_inner();
-                    // Bytes hyper read ahead but did not parse yet are replayed.
-                    io.prefix = parts.read_buf.to_vec();
+                    // In a block of its own: hyper's read buffer and the rest of
+                    // its parts must be freed now, not after the parked wait.
+                    let parked = Pin::into_inner(conn).into_parts().map(|parts| {
+                        // Bytes hyper read ahead but did not parse yet are replayed.
+                        (parts.io.into_inner(), parts.read_buf.to_vec())
+                    });
+                    let Some((parked, prefix)) = parked else { return false };
+                    io = parked;
+                    io.prefix = prefix;
                     io.pos = 0;
                     if io.prefix.is_empty() {
                         debug!(%peer, "idle connection parked");
