@@ -124,11 +124,17 @@ pub async fn serve<IO>(
     // applies the keep-alive timeout, or the idle-grace once draining.
     let detected = match h2 {
         Some(known) => Some(known),
-        None => tokio::select! {
-            r = is_h2c(&mut io) => r.ok(),
-            _ = state.watchdog(settings.limits, &drain, true, None) => None,
-            _ = drain.cut() => None,
-        },
+        // Boxed: this state is passed once, and should not size every idle task.
+        None => {
+            Box::pin(async {
+                tokio::select! {
+                    r = is_h2c(&mut io) => r.ok(),
+                    _ = state.watchdog(settings.limits, &drain, true, None) => None,
+                    _ = drain.cut() => None,
+                }
+            })
+            .await
+        }
     };
     let was_cut = match detected {
         Some(false) => serve_h1(io, svc, &state, &settings, &drain).await,
@@ -154,7 +160,47 @@ async fn serve_h1<IO>(mut io: ConnIo<IO>, svc: Proxy, state: &ConnState, setting
 where
     IO: Transport,
 {
-    let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
+    loop {
+        // Boxed: while parked, the task holds none of the active phase's state.
+        match Box::pin(serve_h1_active(io, &svc, state, settings, drain)).await {
+            Active::Done(was_cut) => return was_cut,
+            Active::Parked(parked) => io = parked,
+        }
+        if !io.prefix.is_empty() {
+            continue;
+        }
+        debug!(peer = %svc.peer, "idle connection parked");
+        tokio::select! {
+            ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
+            _ = state.watchdog(settings.limits, drain, true, None) => {
+                // Idle past the keep-alive timeout or the idle-grace: a clean FIN.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io.io).await;
+                return false;
+            }
+            _ = drain.cut() => return false,
+        }
+    }
+}
+
+/// How an active HTTP/1 phase ended.
+enum Active<IO> {
+    /// Finished; true when the deadline cut it.
+    Done(bool),
+    /// Quiet: hyper's state is gone, the socket (and any read-ahead bytes) comes back.
+    Parked(ConnIo<IO>),
+}
+
+async fn serve_h1_active<IO>(
+    io: ConnIo<IO>,
+    svc: &Proxy,
+    state: &ConnState,
+    settings: &ConnSettings,
+    drain: &Drain,
+) -> Active<IO>
+where
+    IO: Transport,
+{
+    let (peer, metrics) = (svc.peer, &svc.shared.metrics);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -162,51 +208,31 @@ where
         // also run while the connection is idle and cut keep-alives short.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes);
-    let mut conn = loop {
-        // Boxed: a parked connection's task keeps none of hyper's state.
-        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades());
-        let park = IO::CAN_PARK.then_some(PARK_AFTER);
-        tokio::select! {
-            res = conn.as_mut() => return finished(peer, &metrics, res),
-            verdict = state.watchdog(settings.limits, drain, true, park) => match verdict {
-                // Closes at once: hyper sees no request in progress.
-                Verdict::Idle => conn.as_mut().graceful_shutdown(),
-                Verdict::HeadTimeout => {
-                    debug!(%peer, "request head not complete in time; closed");
-                    return false;
-                }
-                Verdict::Park => {
-                    // In a block of its own: hyper's read buffer and the rest of
-                    // its parts must be freed now, not after the parked wait.
-                    let parked = Pin::into_inner(conn).into_parts().map(|parts| {
-                        // Bytes hyper read ahead but did not parse yet are replayed.
-                        (parts.io.into_inner(), parts.read_buf.to_vec())
-                    });
-                    let Some((parked, prefix)) = parked else { return false };
-                    io = parked;
-                    io.prefix = prefix;
-                    io.pos = 0;
-                    if io.prefix.is_empty() {
-                        debug!(%peer, "idle connection parked");
-                        tokio::select! {
-                            ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
-                            _ = state.watchdog(settings.limits, drain, true, None) => {
-                                // Idle past the keep-alive timeout or the idle-grace: a clean FIN.
-                                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io.io).await;
-                                return false;
-                            }
-                            _ = drain.cut() => return false,
-                        }
-                    }
-                    continue;
-                }
-            },
-            _ = drain.cut() => {}
-        }
-        break conn;
-    };
+    // Boxed so that `into_parts` can take it by value when parking.
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades());
+    let park = IO::CAN_PARK.then_some(PARK_AFTER);
     tokio::select! {
-        res = conn.as_mut() => return finished(peer, &metrics, res),
+        res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
+        verdict = state.watchdog(settings.limits, drain, true, park) => match verdict {
+            // Closes at once: hyper sees no request in progress.
+            Verdict::Idle => conn.as_mut().graceful_shutdown(),
+            Verdict::HeadTimeout => {
+                debug!(%peer, "request head not complete in time; closed");
+                return Active::Done(false);
+            }
+            Verdict::Park => {
+                let Some(parts) = Pin::into_inner(conn).into_parts() else { return Active::Done(false) };
+                let mut io = parts.io.into_inner();
+                // Bytes hyper read ahead but did not parse yet are replayed.
+                io.prefix = parts.read_buf.to_vec();
+                io.pos = 0;
+                return Active::Parked(io);
+            }
+        },
+        _ = drain.cut() => {}
+    }
+    tokio::select! {
+        res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
         _ = drain.cut() => {}
     }
     // The deadline: a response already streaming cannot be saved on HTTP/1,
@@ -214,7 +240,7 @@ where
     if !state.streaming() {
         let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;
     }
-    true
+    Active::Done(true)
 }
 
 /// Returns true when the deadline cut the connection (even if what it owed was still written).
