@@ -117,7 +117,7 @@ pub async fn serve<IO>(
     metrics.conn_open.inc();
     let state = Arc::new(ConnState::new(permit));
     let drain = shared.drain.clone();
-    let svc = Proxy { shared, conn: state.clone(), peer, scheme };
+    let svc = Proxy { shared, conn: state.clone(), peer, scheme, client_ip: crate::proxy::client_ip(peer) };
 
     let mut io = ConnIo { prefix: Vec::new(), pos: 0, io, state: state.clone() };
     // Until the first bytes arrive the connection is idle: the watchdog

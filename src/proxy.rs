@@ -57,6 +57,8 @@ pub struct Proxy {
     pub peer: SocketAddr,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// `X-Forwarded-For`'s value for this client.
+    pub client_ip: HeaderValue,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Proxy {
@@ -191,7 +193,7 @@ impl Proxy {
             headers.insert(header::UPGRADE, value);
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        append_forwarded_for(headers, self.peer);
+        append_forwarded_for(headers, &self.client_ip);
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         Ok(())
     }
@@ -271,10 +273,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
+/// The client's address as a header value, made once per connection.
+pub fn client_ip(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_canonical().to_string()).expect("an IP address is a valid header value")
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
-    let value = if prior.peek().is_some() { format!("{}, {ip}", prior.collect::<Vec<_>>().join(", ")) } else { ip };
+    if prior.peek().is_none() {
+        // The common case: no proxy in front, no allocation.
+        headers.insert(X_FORWARDED_FOR, ip.clone());
+        return;
+    }
+    let value = format!("{}, {}", prior.collect::<Vec<_>>().join(", "), ip.to_str().unwrap_or_default());
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
     }
@@ -302,7 +313,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        append_forwarded_for(&mut h, "[::ffff:127.0.0.1]:5".parse().unwrap());
+        append_forwarded_for(&mut h, &client_ip("[::ffff:127.0.0.1]:5".parse().unwrap()));
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
     }
 }
