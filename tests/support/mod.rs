@@ -10,7 +10,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     net::TcpStream,
     process::{Child, Command},
     sync::mpsc,
@@ -270,22 +270,7 @@ impl Client {
     }
 
     async fn read_head(&mut self) -> Response {
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.expect("status line");
-        assert!(line.starts_with("HTTP/1."), "not a status line: {line:?}");
-        let status = line[9..12].parse().unwrap();
-        let mut headers = Vec::new();
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).await.expect("header line");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').expect("header");
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        Response { status, headers, body: Vec::new(), complete: true }
+        read_head(&mut self.stream).await
     }
 
     /// Reads a whole response (head and body).
@@ -305,38 +290,7 @@ impl Client {
     }
 
     async fn read_body(&mut self, res: &mut Response) {
-        if res.status == 101 || res.status == 204 || res.status == 304 {
-            return;
-        }
-        if let Some(len) = res.header("content-length") {
-            let mut body = vec![0; len.parse().unwrap()];
-            let n = read_full(&mut self.stream, &mut body).await;
-            body.truncate(n);
-            res.complete = n == body.capacity();
-            res.body = body;
-        } else if res.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            res.complete = false;
-            loop {
-                let mut line = String::new();
-                if self.stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let Ok(size) = usize::from_str_radix(line.trim(), 16) else { return };
-                if size == 0 {
-                    let mut crlf = String::new();
-                    let _ = self.stream.read_line(&mut crlf).await;
-                    res.complete = true;
-                    return;
-                }
-                let mut chunk = vec![0; size + 2];
-                if read_full(&mut self.stream, &mut chunk).await < chunk.len() {
-                    return;
-                }
-                res.body.extend_from_slice(&chunk[..size]);
-            }
-        } else {
-            let _ = self.stream.read_to_end(&mut res.body).await;
-        }
+        read_body(&mut self.stream, res).await
     }
 
     /// Reads until the server closes: EOF, reset, or unexpected bytes.
@@ -354,6 +308,62 @@ impl Client {
     pub async fn still_open_after(&mut self, d: Duration) -> bool {
         let mut buf = [0; 1];
         tokio::time::timeout(d, self.stream.read(&mut buf)).await.is_err()
+    }
+}
+
+/// Reads a response head (status line and headers) from any buffered stream.
+pub async fn read_head(r: &mut (impl AsyncBufRead + Unpin)) -> Response {
+    let mut line = String::new();
+    r.read_line(&mut line).await.expect("status line");
+    assert!(line.starts_with("HTTP/1."), "not a status line: {line:?}");
+    let status = line[9..12].parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).await.expect("header line");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').expect("header");
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Response { status, headers, body: Vec::new(), complete: true }
+}
+
+/// Reads the body that `res`'s head announces; `complete` tells whether it all arrived.
+pub async fn read_body(r: &mut (impl AsyncBufRead + Unpin), res: &mut Response) {
+    if res.status == 101 || res.status == 204 || res.status == 304 {
+        return;
+    }
+    if let Some(len) = res.header("content-length") {
+        let mut body = vec![0; len.parse().unwrap()];
+        let n = read_full(r, &mut body).await;
+        body.truncate(n);
+        res.complete = n == body.capacity();
+        res.body = body;
+    } else if res.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        res.complete = false;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let Ok(size) = usize::from_str_radix(line.trim(), 16) else { return };
+            if size == 0 {
+                let mut crlf = String::new();
+                let _ = r.read_line(&mut crlf).await;
+                res.complete = true;
+                return;
+            }
+            let mut chunk = vec![0; size + 2];
+            if read_full(r, &mut chunk).await < chunk.len() {
+                return;
+            }
+            res.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let _ = r.read_to_end(&mut res.body).await;
     }
 }
 

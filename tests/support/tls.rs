@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::{pki_types::CertificateDer, pki_types::ServerName, ClientConfig, RootCertStore};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf},
     net::TcpStream,
     task::JoinHandle,
 };
@@ -285,47 +285,12 @@ impl TlsClient {
     /// Reads a whole response (Content-Length or chunked body).
     pub async fn response(&mut self) -> Response {
         tokio::time::timeout(SOON, async {
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await.expect("status line");
-            assert!(line.starts_with("HTTP/1.1 "), "not a status line: {line:?}");
-            let status = line[9..12].parse().unwrap();
-            let mut headers = Vec::new();
-            loop {
-                line.clear();
-                self.stream.read_line(&mut line).await.expect("header line");
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                let (k, v) = l.split_once(':').expect("header");
-                headers.push((k.trim().to_string(), v.trim().to_string()));
-            }
-            let mut res = Response { status, headers, body: Vec::new(), complete: true };
-            if let Some(len) = res.header("content-length") {
-                let mut body = vec![0; len.parse().unwrap()];
-                res.complete = self.stream.read_exact(&mut body).await.is_ok();
-                res.body = body;
-            } else if res.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-                res.complete = self.read_chunks(&mut res.body).await.is_ok();
-            }
+            let mut res = super::read_head(&mut self.stream).await;
+            super::read_body(&mut self.stream, &mut res).await;
             res
         })
         .await
         .expect("response timed out")
-    }
-
-    async fn read_chunks(&mut self, body: &mut Vec<u8>) -> io::Result<()> {
-        loop {
-            let mut line = String::new();
-            self.stream.read_line(&mut line).await?;
-            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| io::ErrorKind::InvalidData)?;
-            let mut chunk = vec![0; size + 2];
-            self.stream.read_exact(&mut chunk).await?;
-            body.extend_from_slice(&chunk[..size]);
-            if size == 0 {
-                return Ok(());
-            }
-        }
     }
 
     /// Reads until the server ends the connection, and tells how.
