@@ -154,7 +154,7 @@ def main():
         wait_pct = 100.0 * max(0, int(wait_ns)) / int(wall_ns) if target != "direct" and int(wall_ns) > 0 else None
         noisy = float(foreign) > NOISE_MAX or (wait_pct or 0) > NOISE_MAX
         noisy_run[(rnd, scen, target)] = noisy
-        busy.add(scen, target, "foreign", float(foreign))
+        busy.add(scen, target, "foreign", float(foreign), noisy)
         if float(foreign) > NOISE_MAX:
             contended.append(f"{scen} {target} r{rnd}: others {float(foreign):.0f}%")
         if (wait_pct or 0) > NOISE_MAX:
@@ -173,11 +173,11 @@ def main():
         if reqs:
             S.add(scen, target, "up_cpu_us", int(uticks) * 1e6 / CLK_TCK / reqs, noisy)
         if wait_pct is not None:
-            busy.add(scen, target, "proxy_wait", wait_pct)
+            busy.add(scen, target, "proxy_wait", wait_pct, noisy)
         try:
             pb, lb = core_busy(k0, k1)
-            busy.add(scen, target, "proxy_core", pb)
-            busy.add(scen, target, "load_core", lb)
+            busy.add(scen, target, "proxy_core", pb, noisy)
+            busy.add(scen, target, "load_core", lb, noisy)
         except Exception:
             pass
         if r["errors"]:
@@ -370,7 +370,7 @@ def main():
     w("")
 
     # Where the time went: is the proxy core the bottleneck?
-    w("## Core utilisation during the measured runs (median %)")
+    w("## Core utilisation during the measured runs (median % over the undisturbed rounds)")
     w("")
     w(f"| scenario | target | core {a.proxy_cpu} (proxy) busy | core {a.load_cpu} (load + upstream) busy | proxy waited for its core | other processes, % of a core | upstream CPU µs/request |")
     w("|---|---|---|---|---|---|---|")

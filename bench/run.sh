@@ -221,6 +221,11 @@ DP=${DRAINPROXY_BIN:-$TARGET_DIR/release/drainproxy}
 UPSTREAM=${UPSTREAM_BIN:-$TARGET_DIR/release/examples/bench_upstream}
 IDLE=${IDLE_BIN:-$TARGET_DIR/release/examples/idle_clients}
 for b in "$DP" "$UPSTREAM" "$IDLE"; do [[ -x $b ]] || die "$b not built"; done
+# Run copies: a cargo build by someone else in the same tree must not swap a binary mid-run.
+mkdir -p "$WORK/bin"
+cp "$DP" "$WORK/bin/drainproxy" && cp "$UPSTREAM" "$WORK/bin/bench_upstream" && cp "$IDLE" "$WORK/bin/idle_clients"
+DP=$WORK/bin/drainproxy UPSTREAM=$WORK/bin/bench_upstream IDLE=$WORK/bin/idle_clients
+echo "drainproxy binary: sha256 $(sha256sum "$DP" | cut -c1-16), built $(date -u -r "$DP" +%Y-%m-%dT%H:%M:%SZ)" >>"$VERSIONS"
 
 # ------------------------------------------------------------- fd limits
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
