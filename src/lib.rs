@@ -89,7 +89,7 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     // Certificates first: a bad one must fail the start before anything binds.
     let certs =
         config.tls.clone().map(tls::Certificates::load).transpose().context("cannot load the TLS certificate")?;
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
+    let listener = bind(config.listen).with_context(|| format!("cannot bind {}", config.listen))?;
     let (trigger, mut admin_drain) = mpsc::channel(1);
     let drain_started = Arc::new(OnceCell::new());
     if let Some(addr) = config.admin {
@@ -251,4 +251,14 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         _ => 0,
     };
     Ok(Outcome { forced, exit_code })
+}
+
+/// The client listener, with a listen backlog of 4096: tokio's default (128)
+/// overflows when thousands of clients connect at once, and each overflow
+/// costs that client a 1 s SYN retransmission.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
