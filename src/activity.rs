@@ -167,11 +167,21 @@ impl ConnState {
                     wait = wait.min(park - elapsed);
                 }
             }
-            // Re-evaluate when the wait passes, a request ends, or the drain starts.
+            if h1 && verdict == Verdict::Idle {
+                // A head that starts arriving does not wake us: look at least
+                // this often, so a slow head is cut within twice the limit.
+                wait = wait.min(limits.head);
+            }
+            // Re-evaluate when the wait passes or the drain starts. While idle,
+            // requests that come and go only push `last_done` (and so every
+            // deadline) later: they cost the watchdog nothing, it recomputes
+            // when it wakes. A head being timed is different: once its request
+            // ends, the idle deadline may be earlier than the head's.
+            let timing_head = verdict == Verdict::HeadTimeout;
             sleep.as_mut().reset(tokio::time::Instant::now() + wait);
             tokio::select! {
                 _ = &mut sleep => {}
-                _ = woken => {}
+                _ = woken, if timing_head => {}
                 _ = drain.reached(Phase::Draining), if !draining => {}
             }
         }
