@@ -143,7 +143,6 @@ pub async fn serve<IO>(
         None => false,
     };
     if was_cut || state.was_cut() {
-        drain.count_cut();
         metrics.cut_total.inc();
         debug!(%peer, "connection cut at the grace deadline");
     }

@@ -1,10 +1,5 @@
 //! The drain state every task shares: the phase, the deadline cut, and the set of open client connections.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
-
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -38,7 +33,6 @@ pub struct Drain {
     cut: CancellationToken,
     /// Every client connection and upgraded tunnel runs as a task in here.
     pub tracker: TaskTracker,
-    cut_count: Arc<AtomicU64>,
 }
 
 /// The one owner that moves the phase forward.
@@ -50,12 +44,7 @@ pub struct DrainControl {
 impl DrainControl {
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(Phase::Serving);
-        let drain = Drain {
-            phase: rx,
-            cut: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            cut_count: Arc::new(AtomicU64::new(0)),
-        };
+        let drain = Drain { phase: rx, cut: CancellationToken::new(), tracker: TaskTracker::new() };
         DrainControl { phase: tx, drain }
     }
 
@@ -105,19 +94,6 @@ impl Drain {
     /// Resolves when the grace deadline cuts remaining work.
     pub fn cut(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cut.cancelled()
-    }
-
-    pub fn is_cut(&self) -> bool {
-        self.cut.is_cancelled()
-    }
-
-    /// Records one connection or tunnel closed by the deadline.
-    pub fn count_cut(&self) {
-        self.cut_count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn cut_count(&self) -> u64 {
-        self.cut_count.load(Ordering::Relaxed)
     }
 
     /// Open client connections and tunnels.

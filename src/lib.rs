@@ -183,7 +183,6 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     let closing_at = t0 + config.drain_delay;
     let deadline = closing_at + config.grace;
     control.advance(Phase::Draining);
-    metrics.drain_phase.set(Phase::Draining as i64);
     info!(source, drain_delay = ?config.drain_delay, grace = ?config.grace, idle_grace = ?config.idle_grace, "drain started");
 
     let mut accept = Some(accept);
@@ -192,7 +191,6 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
         tokio::select! {
             _ = tokio::time::sleep_until(closing_at), if accept.is_some() => {
                 control.advance(Phase::Closing);
-                metrics.drain_phase.set(Phase::Closing as i64);
                 // The accept loop ends promptly once it sees Closing; only then
                 // is the set of connections final.
                 let _ = accept.take().expect("guarded").await;
@@ -231,7 +229,8 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     };
 
     let total = at_start + (metrics.connections_total.get() - accepted_before);
-    let cut = drain.cut_count();
+    // Cuts only happen at the deadline, so the process-wide counter is this drain's.
+    let cut = metrics.cut_total.get();
     info!(
         duration_ms = t0.elapsed().as_millis() as u64,
         connections = total,

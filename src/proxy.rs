@@ -115,6 +115,9 @@ impl Proxy {
             }
         };
 
+        // Read once, at the moment the head leaves: from t=0 of the drain every
+        // HTTP/1 response tells the client to go elsewhere.
+        let draining = drain.is_draining();
         let mut res = match result {
             Ok((mut res, Some(client_upgrade))) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let websocket = crate::websocket::is_websocket(res.headers());
@@ -134,12 +137,10 @@ impl Proxy {
                     self.shared.metrics.upstream_error(kind);
                 }
                 warn!(peer = %self.peer, %method, %uri, error = %e, "request failed");
-                e.into_response(drain.is_draining())
+                e.into_response(draining)
             }
         };
-        // Decided at the moment the head leaves: from t=0 of the drain every
-        // HTTP/1 response tells the client to go elsewhere.
-        if h1 && drain.is_draining() && res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if h1 && draining && res.status() != StatusCode::SWITCHING_PROTOCOLS {
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let metrics = &self.shared.metrics;
@@ -218,7 +219,6 @@ impl Proxy {
             match crate::websocket::tunnel(client, upstream, websocket, drain.cut()).await {
                 crate::websocket::TunnelEnd::Closed(res) => debug!(%peer, result = ?res, "tunnel closed"),
                 crate::websocket::TunnelEnd::Cut { graceful } => {
-                    drain.count_cut();
                     metrics.cut_total.inc();
                     debug!(%peer, websocket, graceful, "tunnel cut at the grace deadline");
                 }

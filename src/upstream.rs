@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use hyper::{body::Incoming, Uri};
+use hyper::Uri;
 use hyper_util::{
     client::legacy::{
         connect::{Connected, Connection},
@@ -162,6 +162,3 @@ pub async fn wait_ready(
         return;
     }
 }
-
-/// The response body stream from the app.
-pub type UpstreamBody = Incoming;

@@ -186,23 +186,7 @@ async fn h2_over_tls_stream_completes_after_goaway() {
     p.log.wait_for("drain started").await;
 
     // Once the client has seen the final GOAWAY, new streams are refused.
-    let refusal = tokio::time::timeout(SOON, async {
-        loop {
-            let attempt = match send.clone().ready().await {
-                Ok(mut s) => match s.send_request(req("/echo"), true) {
-                    Ok((res, _)) => res.await.map(drop),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            if let Err(e) = attempt {
-                return e;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("new streams were still accepted");
+    let refusal = support::until_new_streams_refused(&send, || req("/echo")).await;
     assert!(
         refusal.is_go_away() || refusal.reason() == Some(h2::Reason::REFUSED_STREAM),
         "unexpected error: {refusal:?}"

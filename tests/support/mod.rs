@@ -398,3 +398,29 @@ pub async fn refused(addr: SocketAddr) -> bool {
     matches!(TcpStream::connect(addr).await, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 pub mod tls;
+
+/// Keeps opening streams on an h2 connection until one is refused (the
+/// client has seen the final GOAWAY, or the server answered REFUSED_STREAM),
+/// and returns that error. Streams accepted before then are served normally.
+pub async fn until_new_streams_refused(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    request: impl Fn() -> http::Request<()>,
+) -> h2::Error {
+    tokio::time::timeout(SOON, async {
+        loop {
+            let attempt = match send.clone().ready().await {
+                Ok(mut s) => match s.send_request(request(), true) {
+                    Ok((res, _)) => res.await.map(drop),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = attempt {
+                return e;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("new streams were still accepted")
+}
