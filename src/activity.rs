@@ -63,17 +63,32 @@ pub struct Limits {
 
 impl ConnState {
     pub fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self::resumed(permit, now_micros(), false)
+    }
+
+    /// A connection back from the parking lot keeps its idle clock and whether it was served.
+    pub fn resumed(permit: Option<OwnedSemaphorePermit>, last_done: u64, served: bool) -> Self {
         ConnState {
             in_flight: AtomicUsize::new(0),
             heads_pending: AtomicUsize::new(0),
-            last_done: AtomicU64::new(now_micros()),
+            last_done: AtomicU64::new(last_done),
             head_started: AtomicU64::new(0),
             idle: Notify::new(),
             deadline_hit: AtomicBool::new(false),
             permit: Mutex::new(permit),
             unflushed: AtomicBool::new(false),
-            served: AtomicBool::new(false),
+            served: AtomicBool::new(served),
         }
+    }
+
+    /// When the last request ended ([`now_micros`]).
+    pub fn last_done(&self) -> u64 {
+        self.last_done.load(Ordering::Acquire)
+    }
+
+    /// Whether a request has started on this connection.
+    pub fn served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Called by the I/O wrapper on every write and flush.

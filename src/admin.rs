@@ -97,11 +97,12 @@ impl Admin {
     /// `key value` lines that `drainproxy drain --wait` reads.
     fn status(&self, phase: Phase) -> String {
         format!(
-            "phase {}\nconnections {}\nin_flight {}\nidle {}\nupgraded {}\n",
+            "phase {}\nconnections {}\nin_flight {}\nidle {}\nparked {}\nupgraded {}\n",
             phase.as_str(),
             self.drain.connections(),
             self.metrics.in_flight.get(),
             self.metrics.idle(),
+            self.metrics.conn_parked.get(),
             self.metrics.conn_upgraded.get(),
         )
     }

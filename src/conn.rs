@@ -23,17 +23,27 @@ use crate::{
     activity::{ConnState, Limits, Verdict},
     drain::{Drain, Phase},
     metrics::Metrics,
+    park::{Lot, Parked},
     proxy::{Proxy, Shared},
 };
 
-/// How long an HTTP/1 connection must be quiet before it is parked.
+/// How long an HTTP/1 connection must be quiet before hyper's state and
+/// buffers are dropped and its task waits on the bare socket.
 const PARK_AFTER: Duration = Duration::from_millis(25);
+
+/// How long it must be quiet before even its task goes and the socket moves
+/// to the parking lot. Later than [`PARK_AFTER`]: leaving and rejoining the
+/// runtime costs a few syscalls, which a client sending a request every few
+/// hundred milliseconds should not pay each time.
+const LOT_AFTER: Duration = Duration::from_secs(1);
 
 /// A client socket: plain TCP can wait for readability without a buffer,
 /// which lets idle connections park; TLS keeps its session state anyway.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     const CAN_PARK: bool;
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// The socket as the parking lot keeps it, out of the runtime (plain TCP only).
+    fn into_parked(self) -> Option<std::net::TcpStream>;
 }
 
 impl Transport for TcpStream {
@@ -41,12 +51,18 @@ impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
     }
+    fn into_parked(self) -> Option<std::net::TcpStream> {
+        self.into_std().ok()
+    }
 }
 
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     const CAN_PARK: bool = false;
     fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Pending
+    }
+    fn into_parked(self) -> Option<std::net::TcpStream> {
+        None
     }
 }
 
@@ -60,6 +76,16 @@ pub struct ConnSettings {
     pub limits: Limits,
     pub max_header_bytes: usize,
     pub tls_handshake_timeout: Duration,
+    /// Where long-idle plain HTTP/1 connections wait (none if it could not be set up).
+    pub lot: Option<Arc<Lot>>,
+}
+
+/// How a connection's task ended.
+enum End {
+    /// The connection is closed; true when the deadline cut it.
+    Closed(bool),
+    /// The socket is in the parking lot, still open.
+    Parked,
 }
 
 /// Runs the TLS handshake (in the connection's own task, bounded by the
@@ -136,12 +162,40 @@ pub async fn serve<IO>(
             .await
         }
     };
-    let was_cut = match detected {
+    let end = match detected {
         Some(false) => serve_h1(io, svc, &state, &settings, &drain).await,
         // Boxed: only h2 connections pay for the h2 state machine's size.
-        Some(true) => Box::pin(serve_h2(TokioIo::new(io), svc, &state, &settings, &drain)).await,
-        None => false,
+        Some(true) => End::Closed(Box::pin(serve_h2(TokioIo::new(io), svc, &state, &settings, &drain)).await),
+        None => End::Closed(false),
     };
+    ended(end, &state, &metrics, peer);
+}
+
+/// Serves a connection from the parking lot that turned readable: its next
+/// request, or its client closing. It was counted open when first accepted.
+pub async fn resume(parked: Parked, shared: Arc<Shared>, settings: ConnSettings) {
+    let metrics = shared.metrics.clone();
+    let peer = parked.peer;
+    let tcp = match TcpStream::from_std(parked.tcp) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            metrics.conn_open.dec();
+            return debug!(%peer, error = %e, "cannot resume a parked connection");
+        }
+    };
+    debug!(%peer, "parked connection resumed");
+    let state = Arc::new(ConnState::resumed(parked.permit, parked.last_done, parked.served));
+    // It woke up because bytes (or the client's FIN) are waiting; see `serve_h1`.
+    state.bytes_read();
+    let drain = shared.drain.clone();
+    let svc = Proxy { shared, conn: state.clone(), peer, scheme: "http", client_ip: crate::proxy::client_ip(peer) };
+    let io = ConnIo { prefix: Vec::new(), pos: 0, io: tcp, state: state.clone() };
+    let end = serve_h1(io, svc, &state, &settings, &drain).await;
+    ended(end, &state, &metrics, peer);
+}
+
+fn ended(end: End, state: &ConnState, metrics: &Metrics, peer: SocketAddr) {
+    let End::Closed(was_cut) = end else { return };
     if was_cut || state.was_cut() {
         metrics.cut_total.inc();
         debug!(%peer, "connection cut at the grace deadline");
@@ -149,34 +203,62 @@ pub async fn serve<IO>(
     metrics.conn_open.dec();
 }
 
-/// Returns true when the deadline cut the connection (even if what it owed was still written).
+/// Serves HTTP/1 until the connection closes or moves to the parking lot.
 ///
 /// An idle keep-alive connection does not need hyper's state or buffers
 /// (~20 KiB): after [`PARK_AFTER`] of quiet they are dropped and the bare
 /// socket waits for readability; the next request gets a fresh hyper
-/// connection. Busy keep-alive clients never park.
-async fn serve_h1<IO>(mut io: ConnIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> bool
+/// connection. After [`LOT_AFTER`] the task ends too and the socket waits in
+/// the [`Lot`]. Busy keep-alive clients never park.
+async fn serve_h1<IO>(mut io: ConnIo<IO>, svc: Proxy, state: &ConnState, settings: &ConnSettings, drain: &Drain) -> End
 where
     IO: Transport,
 {
     loop {
         // Boxed: while parked, the task holds none of the active phase's state.
         match Box::pin(serve_h1_active(io, &svc, state, settings, drain)).await {
-            Active::Done(was_cut) => return was_cut,
+            Active::Done(was_cut) => return End::Closed(was_cut),
             Active::Parked(parked) => io = parked,
         }
         if !io.prefix.is_empty() {
             continue;
         }
         debug!(peer = %svc.peer, "idle connection parked");
+        let lot_after = settings.lot.as_ref().map(|_| LOT_AFTER);
         tokio::select! {
-            ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => if ready.is_err() { return false },
+            ready = std::future::poll_fn(|cx| io.io.poll_read_ready(cx)) => match ready {
+                // Bytes (or the client's FIN) are waiting: time them as a
+                // request head from now, or the watchdog, seeing a long-quiet
+                // connection, would park it again before hyper reads them.
+                Ok(()) => state.bytes_read(),
+                Err(_) => return End::Closed(false),
+            },
             // Idle past the keep-alive timeout or the idle-grace. Dropping the
-            // socket sends a clean FIN (nothing unread: it was not readable),
-            // one syscall per connection when 10k close at once.
-            _ = state.watchdog(settings.limits, drain, true, None) => return false,
-            _ = drain.cut() => return false,
+            // socket sends a clean FIN (nothing unread: it was not readable).
+            verdict = state.watchdog(settings.limits, drain, true, lot_after) => {
+                return match (verdict, &settings.lot) {
+                    (Verdict::Park, Some(lot)) => to_lot(io.io, lot, state, svc.peer),
+                    _ => End::Closed(false),
+                };
+            }
+            _ = drain.cut() => return End::Closed(false),
         }
+    }
+}
+
+/// Moves a quiet connection's socket to the parking lot; its task then ends.
+fn to_lot<IO: Transport>(io: IO, lot: &Lot, state: &ConnState, peer: SocketAddr) -> End {
+    let permit = state.take_permit();
+    // If the socket cannot leave the runtime or cannot be watched, close it:
+    // it has been idle for a while with nothing in progress, as at a keep-alive timeout.
+    let Some(tcp) = io.into_parked() else { return End::Closed(false) };
+    let parked = Parked { tcp, peer, permit, last_done: state.last_done(), served: state.served() };
+    match lot.park(parked) {
+        Ok(()) => {
+            debug!(%peer, "idle connection moved to the parking lot");
+            End::Parked
+        }
+        Err(_) => End::Closed(false),
     }
 }
 

@@ -12,7 +12,8 @@
 //!
 //! [`run`] is the whole server; `main` only parses the config, sets up logs and
 //! feeds it the signals.
-#![forbid(unsafe_code)]
+// One reviewed exception: registering the parking lot's epoll set with tokio (src/park.rs).
+#![deny(unsafe_code)]
 
 pub mod activity;
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod drain_client;
 pub mod error;
 pub mod listener;
 pub mod metrics;
+pub mod park;
 pub mod proxy;
 pub mod signal;
 pub mod supervisor;
@@ -121,15 +123,30 @@ pub async fn run(config: Config, mut events: impl Stream<Item = Event> + Unpin) 
     if let Some(warning) = config.grace_period_warning() {
         warn!("{warning}");
     }
+    let limits = activity::Limits {
+        keepalive: config.keepalive_timeout,
+        idle_grace: config.idle_grace,
+        head: config.header_read_timeout,
+    };
+    let lot = match park::Lot::new(limits, drain.clone(), metrics.clone()) {
+        Ok(lot) => Some(lot),
+        Err(e) => {
+            warn!(error = %e, "no parking lot: idle connections keep a task each");
+            None
+        }
+    };
     let settings = ConnSettings {
-        limits: activity::Limits {
-            keepalive: config.keepalive_timeout,
-            idle_grace: config.idle_grace,
-            head: config.header_read_timeout,
-        },
+        limits,
         max_header_bytes: config.max_header_bytes,
         tls_handshake_timeout: config.tls_handshake_timeout,
+        lot: lot.clone(),
     };
+    if let Some(lot) = lot {
+        let (shared, settings, tracker) = (shared.clone(), settings.clone(), drain.tracker.clone());
+        tokio::spawn(lot.run(move |parked| {
+            tracker.spawn(conn::resume(parked, shared.clone(), settings.clone()));
+        }));
+    }
     let acceptor = certs.as_ref().map(|c| c.acceptor());
     if let Some(certs) = &certs {
         tokio::spawn(certs.clone().watch(TLS_WATCH_INTERVAL));

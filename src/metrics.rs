@@ -16,6 +16,8 @@ pub struct Metrics {
     pub conn_active: Gauge,
     pub conn_idle: Gauge,
     pub conn_upgraded: Gauge,
+    /// Idle connections waiting in the parking lot (a subset of idle).
+    pub conn_parked: Gauge,
     pub connections_total: Counter,
     pub in_flight: Gauge,
     requests: [Counter; 5],
@@ -39,6 +41,12 @@ impl Metrics {
         let state = |s| connections.get_or_create(&vec![("state", s)]).clone();
         let (conn_active, conn_idle, conn_upgraded) = (state("active"), state("idle"), state("upgraded"));
 
+        let conn_parked = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle keep-alive connections parked with no task or buffers (a subset of idle)",
+            conn_parked.clone(),
+        );
         let connections_total = Counter::default();
         registry.register("connections", "Client connections accepted", connections_total.clone());
         let in_flight = Gauge::default();
@@ -79,6 +87,7 @@ impl Metrics {
             conn_active,
             conn_idle,
             conn_upgraded,
+            conn_parked,
             connections_total,
             in_flight,
             requests,

@@ -1,0 +1,133 @@
+//! The parking lot: an HTTP/1 keep-alive connection idle for a second leaves
+//! its task and buffers behind, and must still behave exactly like an idle
+//! connection: served again, timed out, drained, and holding its slot.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use support::{get, Client, End, Proxy, Upstream, SOON};
+
+const NOT_THE_GRACE: Duration = Duration::from_secs(20);
+
+async fn proxy(upstream: &Upstream, args: &[&str]) -> Proxy {
+    let mut all = vec!["--grace", "60s", "--log-level", "drainproxy=debug"];
+    all.extend_from_slice(args);
+    Proxy::start(&upstream.addr, &all).await
+}
+
+/// Polls the admin `/status` until `key` reads `value` (the lot moves
+/// sockets on its own schedule; this waits for it instead of guessing).
+async fn until_status(admin: SocketAddr, key: &str, value: usize) {
+    let wanted = format!("\n{key} {value}\n");
+    let deadline = Instant::now() + SOON;
+    loop {
+        let status = format!("\n{}", get(admin, "/status").await.text());
+        if status.contains(&wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "`{key}` never became {value}:{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_idle_connection_moves_to_the_lot_and_is_served_again() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &[]).await;
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    p.log.wait_for("idle connection moved to the parking lot").await;
+    // Still an open, idle connection as far as anyone can tell.
+    until_status(p.admin(), "parked", 1).await;
+    until_status(p.admin(), "connections", 1).await;
+    until_status(p.admin(), "idle", 1).await;
+
+    for _ in 0..2 {
+        let res = c.get("/echo").await;
+        assert_eq!(res.status, 200);
+        assert!(!res.closes());
+        p.log.wait_for("parked connection resumed").await;
+        p.log.wait_for("idle connection moved to the parking lot").await;
+    }
+    p.sigterm();
+    assert_eq!(c.end().await, End::Eof);
+    let (status, took) = p.exit().await;
+    assert!(status.success(), "{status}");
+    assert!(took < NOT_THE_GRACE, "took {took:?}");
+}
+
+#[tokio::test]
+async fn the_keepalive_timeout_closes_a_parked_connection() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--keepalive-timeout", "1500ms"]).await;
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    let idle_since = Instant::now();
+    p.log.wait_for("idle connection moved to the parking lot").await;
+    assert_eq!(c.end().await, End::Eof);
+    let idle = idle_since.elapsed();
+    assert!(idle >= Duration::from_millis(1400), "closed after {idle:?}");
+    until_status(p.admin(), "connections", 0).await;
+    until_status(p.admin(), "parked", 0).await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_that_sends_during_the_drain_is_served_with_close() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--idle-grace", "30s"]).await;
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    p.log.wait_for("idle connection moved to the parking lot").await;
+    p.sigterm();
+    p.log.wait_for("drain started").await;
+    // The idle-grace keeps it open, and its next request is answered.
+    let res = c.get("/echo").await;
+    assert_eq!(res.status, 200);
+    assert!(res.closes());
+    assert_eq!(c.end().await, End::Eof);
+    let (status, took) = p.exit().await;
+    assert!(status.success(), "{status}");
+    assert!(took < NOT_THE_GRACE, "took {took:?}");
+}
+
+#[tokio::test]
+async fn a_parked_connection_keeps_its_max_connections_slot() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--max-connections", "1"]).await;
+    let mut a = Client::connect(p.addr).await;
+    assert_eq!(a.get("/").await.status, 200);
+    p.log.wait_for("idle connection moved to the parking lot").await;
+    let mut b = Client::connect(p.addr).await;
+    b.start_get("/").await;
+    assert!(b.still_open_after(Duration::from_millis(300)).await, "served beyond the limit");
+    // The client closing a parked connection wakes it: its slot frees up.
+    drop(a);
+    let res = b.response().await;
+    assert_eq!(res.status, 200);
+}
+
+#[tokio::test]
+async fn a_drain_closes_hundreds_of_parked_connections_at_once() {
+    const N: usize = 300;
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--idle-grace", "0"]).await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut c = Client::connect(p.addr).await;
+        assert_eq!(c.get("/").await.status, 200);
+        clients.push(c);
+    }
+    until_status(p.admin(), "parked", N).await;
+    p.sigterm();
+    for c in &mut clients {
+        assert_eq!(c.end().await, End::Eof);
+    }
+    let (status, took) = p.exit().await;
+    assert!(status.success(), "{status}");
+    assert!(took < NOT_THE_GRACE, "took {took:?}");
+    assert!(p.log.all().contains(&format!("connections={N}")), "{}", p.log.all());
+}
