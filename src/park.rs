@@ -151,7 +151,7 @@ impl Lot {
             let Lots { entries, deadlines, .. } = &mut *lots;
             deadlines.retain(|Reverse((_, slot, generation))| is_live(entries, *slot, *generation));
         }
-        if lots.armed.is_none_or(|armed| deadline < armed) {
+        if lots.armed.map_or(true, |armed| deadline < armed) {
             self.sooner.notify_one();
         }
         Ok(())
