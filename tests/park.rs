@@ -45,6 +45,8 @@ async fn a_long_idle_connection_moves_to_the_lot_and_is_served_again() {
     until_status(p.admin(), "parked", 1).await;
     until_status(p.admin(), "connections", 1).await;
     until_status(p.admin(), "idle", 1).await;
+    let metrics = get(p.admin(), "/metrics").await.text();
+    assert!(metrics.contains("\ndrainproxy_parked_connections 1\n"), "{metrics}");
 
     for _ in 0..2 {
         let res = c.get("/echo").await;
