@@ -1,4 +1,4 @@
-//! The parking lot: an HTTP/1 keep-alive connection idle for a second leaves
+//! The parking lot: an HTTP/1 keep-alive connection idle for 100 ms leaves
 //! its task and buffers behind, and must still behave exactly like an idle
 //! connection: served again, timed out, drained, and holding its slot.
 
