@@ -470,9 +470,10 @@ idle_phase() { # round target signal [drainproxy args]
     local cpid=$! i
     track "$cpid"
     for ((i = 0; i < 1200; i++)); do grep -q '^ready' "$out" 2>/dev/null && break; alive "$cpid" || break; sleep 0.05; done
-    # "Idle" means idle for more than a second: drainproxy moves a connection
-    # quiet for 1 s out of its task into the parking lot.
-    sleep 1.5
+    # "Idle" means idle for a few seconds: drainproxy moves a connection quiet
+    # for 100 ms out of its task into the parking lot, and a second after a
+    # burst of them it hands the memory that burst used back to the OS.
+    sleep 2.5
     rss1=$(rss_kib "$MEM_PID")
     log "r$r idle $t: $(grep '^ready' "$out" || echo 'clients not ready'); RSS ${rss0} -> ${rss1} KiB"
     # No waiting for a quiet machine, no retry, no warm-up here: the idle connections must stay

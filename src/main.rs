@@ -13,6 +13,9 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // SAFETY: `mi_collect` only returns mimalloc's free pages to the OS; it
+    // may be called at any time, from any thread.
+    drainproxy::park::set_memory_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     // Exits 2 with one clear line on any config error, before anything binds.
     let invocation = config::from_args();
     // A panic in one connection's task is caught by the runtime and ends

@@ -16,7 +16,7 @@ use std::{
     io,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -37,6 +37,28 @@ use crate::{
 
 /// How many sockets one pass closes or wakes before letting other tasks run.
 const BATCH: usize = 1024;
+
+/// After this many connections parked since the last release, and
+/// [`RELEASE_QUIET`] without another, the burst is over: the memory that
+/// served those connections while they were active is handed back.
+const RELEASE_BURST: usize = 1024;
+const RELEASE_QUIET: Duration = Duration::from_secs(1);
+
+/// Asks the allocator to return free pages to the OS. The binary sets it
+/// (it chooses the allocator); without it, nothing is released.
+static RELEASE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what returns free memory to the OS after a burst of connections
+/// went idle: an allocator keeps the pages of its peak otherwise, and
+/// 10,000 connections opened at once leave megabytes of them behind.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_MEMORY.set(release);
+}
+
+/// Whether a burst of parking is over and its memory should be released.
+fn burst_over(parked_since_release: usize, last_park: u64, now: u64) -> bool {
+    parked_since_release >= RELEASE_BURST && now.saturating_sub(last_park) >= RELEASE_QUIET.as_micros() as u64
+}
 
 /// What a parked connection keeps: enough to serve its next request.
 pub struct Parked {
@@ -67,6 +89,9 @@ struct Lots {
     armed: Option<u64>,
     /// After the cut nothing may park: the process is about to exit.
     closed: bool,
+    /// Connections parked since memory was last released, and when the last one came ([`now_micros`]).
+    parked_since_release: usize,
+    last_park: u64,
 }
 
 /// The epoll set, as tokio sees it: readable when some parked socket is.
@@ -106,6 +131,8 @@ impl Lot {
                 next_generation: 0,
                 armed: None,
                 closed: false,
+                parked_since_release: 0,
+                last_park: 0,
             }),
             sooner: Notify::new(),
             limits,
@@ -143,6 +170,8 @@ impl Lot {
         }
         let deadline = self.deadline(&parked, self.drain.is_draining());
         lots.entries.insert(Entry { parked, generation, _open: self.drain.tracker.token() });
+        lots.parked_since_release += 1;
+        lots.last_park = now_micros();
         self.metrics.conn_parked.inc();
         lots.deadlines.push(Reverse((deadline, slot, generation)));
         // Sockets that woke up leave their deadline behind; drop those
@@ -182,6 +211,8 @@ impl Lot {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut events = vec![EpollEvent::empty(); BATCH];
+        let mut release_check = tokio::time::interval(RELEASE_QUIET / 4);
+        release_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.expire(now_micros());
             if next.is_some_and(|due| due <= now_micros()) {
@@ -210,6 +241,7 @@ impl Lot {
                 },
                 _ = &mut timer, if next.is_some() => {}
                 _ = self.sooner.notified() => {}
+                _ = release_check.tick(), if RELEASE_MEMORY.get().is_some() => self.release_after_burst(),
                 _ = drain.reached(Phase::Draining), if !draining => {
                     draining = true;
                     self.retime();
@@ -278,6 +310,22 @@ impl Lot {
         next
     }
 
+    fn release_after_burst(&self) {
+        let over = {
+            let mut lots = self.lock();
+            let over = burst_over(lots.parked_since_release, lots.last_park, now_micros());
+            if over {
+                lots.parked_since_release = 0;
+            }
+            over
+        };
+        if let (true, Some(release)) = (over, RELEASE_MEMORY.get()) {
+            let before = std::time::Instant::now();
+            release();
+            debug!(took = ?before.elapsed(), "a burst of connections went idle: free memory returned to the OS");
+        }
+    }
+
     /// The drain started: every parked socket now has the idle-grace.
     fn retime(&self) {
         let mut lots = self.lock();
@@ -320,4 +368,17 @@ fn token(slot: usize, generation: u32) -> u64 {
 
 fn untoken(data: u64) -> (usize, u32) {
     ((data & u64::from(u32::MAX)) as usize, (data >> 32) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_released_only_after_a_burst_and_a_quiet_second() {
+        let second = RELEASE_QUIET.as_micros() as u64;
+        assert!(!burst_over(RELEASE_BURST - 1, 0, 10 * second), "not a burst");
+        assert!(!burst_over(RELEASE_BURST, 5 * second, 5 * second + second / 2), "still parking");
+        assert!(burst_over(RELEASE_BURST, 5 * second, 6 * second));
+    }
 }
