@@ -168,8 +168,8 @@ impl Proxy {
         }
     }
 
-    /// Rewrites the request for the app: origin-form URI on the pool's
-    /// authority, `Host` kept, hop-by-hop headers dropped, forwarding headers set.
+    /// Rewrites the request for the app: origin-form URI (checked as a path
+    /// on the pool's authority), `Host` kept, hop-by-hop headers dropped, forwarding headers set.
     fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool) -> Result<(), ProxyError> {
         if !req.headers().contains_key(header::HOST) {
             // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
@@ -179,12 +179,17 @@ impl Proxy {
                 req.headers_mut().insert(header::HOST, host);
             }
         }
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
+        let uri = req.uri();
+        // An HTTP/1 request target is almost always origin-form already: sent as is.
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
+            let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
+            *req.uri_mut() = origin_form(path);
+        }
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
@@ -227,6 +232,16 @@ impl Proxy {
             drop(permit);
         });
     }
+}
+
+/// The request target for the app (`CONNECT`'s is set by the client).
+fn origin_form(path: PathAndQuery) -> Uri {
+    if path == "/" {
+        return Uri::default();
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).expect("path is valid uri")
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
