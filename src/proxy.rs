@@ -83,7 +83,8 @@ impl Proxy {
         let started = Instant::now();
         let drain = &self.shared.drain;
         let h1 = req.version() < Version::HTTP_2;
-        let upgrade = h1 && wants_upgrade(req.headers());
+        let seen = HeaderScan::of(req.headers());
+        let upgrade = h1 && seen.upgrade && wants_upgrade(req.headers());
         let (method, uri) = (req.method().clone(), req.uri().clone());
 
         let result = if let Err(e) = self.upstream_available().await {
@@ -92,7 +93,7 @@ impl Proxy {
             Err(ProxyError::UpgradeWhileDraining)
         } else {
             let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-            match self.prepare(&mut req, upgrade) {
+            match self.prepare(&mut req, upgrade, &seen) {
                 Err(e) => Err(e),
                 Ok(()) => {
                     let req = req.map(|b| ProxyBody::Request(StallGuard::new(b, self.shared.body_read_timeout)));
@@ -170,8 +171,8 @@ impl Proxy {
 
     /// Rewrites the request for the app: origin-form URI (checked as a path
     /// on the pool's authority), `Host` kept, hop-by-hop headers dropped, forwarding headers set.
-    fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool) -> Result<(), ProxyError> {
-        if !req.headers().contains_key(header::HOST) {
+    fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool, seen: &HeaderScan) -> Result<(), ProxyError> {
+        if !seen.host {
             // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
             if let Some(auth) = req.uri().authority() {
                 let host =
@@ -193,13 +194,20 @@ impl Proxy {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        let upgrade_value = headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(headers, true);
-        if let (true, Some(value)) = (upgrade, upgrade_value) {
-            headers.insert(header::UPGRADE, value);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if seen.hop_by_hop {
+            let upgrade_value = headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(headers, true);
+            if let (true, Some(value)) = (upgrade, upgrade_value) {
+                headers.insert(header::UPGRADE, value);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
         }
-        append_forwarded_for(headers, &self.client_ip);
+        if seen.forwarded_for {
+            append_forwarded_for(headers, &self.client_ip);
+        } else {
+            // The common case: no proxy in front, no lookup, no allocation.
+            headers.insert(X_FORWARDED_FOR, self.client_ip.clone());
+        }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         Ok(())
     }
@@ -249,6 +257,45 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The headers a request's rewrite depends on, found in one pass over the
+/// names (a standard name compares as a small integer): most requests carry
+/// none of the hop-by-hop ones, and lookups by name each cost a hash.
+#[derive(Default)]
+struct HeaderScan {
+    host: bool,
+    forwarded_for: bool,
+    hop_by_hop: bool,
+    upgrade: bool,
+}
+
+impl HeaderScan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut seen = HeaderScan::default();
+        for name in headers.keys() {
+            if name == header::HOST {
+                seen.host = true;
+            } else if name == X_FORWARDED_FOR {
+                seen.forwarded_for = true;
+            } else if is_hop_by_hop(name) {
+                seen.hop_by_hop = true;
+                seen.upgrade |= name == header::UPGRADE;
+            }
+        }
+        seen
+    }
+}
+
+/// The names [`strip_hop_by_hop`] always removes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
 fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
@@ -260,6 +307,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set
 /// (RFC 9110 §7.6.1). `TE: trailers` is the one value a request may keep.
 fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    // Only `Connection` can name other headers: without any of the fixed set
+    // (the common case) there is nothing to do.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -296,7 +348,6 @@ pub fn client_ip(peer: SocketAddr) -> HeaderValue {
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
     if prior.peek().is_none() {
-        // The common case: no proxy in front, no allocation.
         headers.insert(X_FORWARDED_FOR, ip.clone());
         return;
     }
@@ -322,6 +373,27 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-keep", "te"]);
+    }
+
+    #[test]
+    fn header_scan_finds_what_the_rewrite_needs() {
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", HeaderValue::from_static("x"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        let seen = HeaderScan::of(&h);
+        assert!(!seen.host && !seen.forwarded_for && !seen.hop_by_hop && !seen.upgrade);
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.insert(PROXY_CONNECTION, HeaderValue::from_static("keep-alive"));
+        let seen = HeaderScan::of(&h);
+        assert!(seen.host && seen.forwarded_for && seen.hop_by_hop && !seen.upgrade);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(HeaderScan::of(&h).upgrade);
+        for name in [KEEP_ALIVE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::CONNECTION] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            assert!(HeaderScan::of(&h).hop_by_hop);
+        }
     }
 
     #[test]
