@@ -4,11 +4,12 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    pin::Pin,
+    pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -67,13 +68,12 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(self.clone().handle(req))
     }
 }
 
 impl Proxy {
-    async fn handle(self, mut req: Request<Incoming>) -> Response<TrackedBody> {
+    async fn handle(self, mut req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
         let mut guard = self.conn.begin(&self.shared.metrics);
         // Test hook, debug builds only: prove a panicking connection task
         // neither takes the process down nor goes unlogged.
@@ -87,7 +87,12 @@ impl Proxy {
         let upgrade = h1 && seen.upgrade && wants_upgrade(req.headers());
         let (method, uri) = (req.method().clone(), req.uri().clone());
 
-        let result = if let Err(e) = self.upstream_available().await {
+        let available = match self.upstream_ready() {
+            Some(now) => now,
+            // Boxed: the wait is rare and should not size every request's future.
+            None => Box::pin(self.wait_upstream()).await,
+        };
+        let result = if let Err(e) = available {
             Err(e)
         } else if upgrade && drain.is_draining() {
             Err(ProxyError::UpgradeWhileDraining)
@@ -97,20 +102,25 @@ impl Proxy {
                 Err(e) => Err(e),
                 Ok(()) => {
                     let req = req.map(|b| ProxyBody::Request(StallGuard::new(b, self.shared.body_read_timeout)));
-                    let exchange = self.shared.client.request(req);
-                    let exchange = async {
-                        match self.shared.upstream_timeout {
-                            Some(limit) => {
-                                tokio::time::timeout(limit, exchange).await.map_err(|_| ProxyError::UpstreamTimeout)?
-                            }
-                            None => exchange.await,
+                    // One hand-rolled select over three pinned futures: no
+                    // combinator moving the exchange around. The losers are
+                    // dropped at the end of this block, as select! would.
+                    let mut exchange = pin!(self.shared.client.request(req));
+                    let mut limit = pin!(self.shared.upstream_timeout.map(tokio::time::sleep));
+                    let mut cut = pin!(drain.cut());
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(res) = exchange.as_mut().poll(cx) {
+                            return Poll::Ready(res.map_err(ProxyError::from_client));
                         }
-                        .map_err(ProxyError::from_client)
-                    };
-                    tokio::select! {
-                        res = exchange => res,
-                        _ = drain.cut() => Err(ProxyError::Deadline),
-                    }
+                        if limit.as_mut().as_pin_mut().is_some_and(|sleep| sleep.poll(cx).is_ready()) {
+                            return Poll::Ready(Err(ProxyError::UpstreamTimeout));
+                        }
+                        if cut.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(ProxyError::Deadline));
+                        }
+                        Poll::Pending
+                    })
+                    .await
                     .map(|res| (res, client_upgrade))
                 }
             }
@@ -148,19 +158,24 @@ impl Proxy {
         metrics.response(res.status());
         metrics.request_duration.observe(started.elapsed().as_secs_f64());
         guard.head_sent();
-        res.map(|body| TrackedBody { inner: body, guard })
+        Ok(res.map(|body| TrackedBody { inner: body, guard }))
     }
 
-    /// In supervisor mode, waits (bounded) for the app to be ready; fails at
-    /// once when it has exited.
-    async fn upstream_available(&self) -> Result<(), ProxyError> {
+    /// Whether requests can go to the app right now; `None`: in supervisor
+    /// mode, not yet (see [`Self::wait_upstream`]).
+    fn upstream_ready(&self) -> Option<Result<(), ProxyError>> {
+        if self.shared.app_gone.load(Ordering::Acquire) {
+            return Some(Err(ProxyError::AppGone));
+        }
+        if *self.shared.ready.borrow() {
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// In supervisor mode, waits (bounded) for the app to be ready.
+    async fn wait_upstream(&self) -> Result<(), ProxyError> {
         let shared = &self.shared;
-        if shared.app_gone.load(Ordering::Acquire) {
-            return Err(ProxyError::AppGone);
-        }
-        if *shared.ready.borrow() {
-            return Ok(());
-        }
         let mut ready = shared.ready.clone();
         let became_ready = tokio::time::timeout(shared.upstream_wait, ready.wait_for(|r| *r)).await;
         match became_ready {
