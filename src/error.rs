@@ -28,8 +28,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies a hyper-util client error.
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+    /// Classifies an upstream client error.
+    pub fn from_client(err: crate::upstream::Error) -> Self {
         let detail = error_chain(&err);
         let chain = std::iter::successors(std::error::Error::source(&err), |e| e.source());
         if chain.clone().any(|e| e.is::<crate::body::BodyStalled>()) {

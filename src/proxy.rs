@@ -4,11 +4,12 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    pin::Pin,
+    pin::{pin, Pin},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -67,13 +68,12 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(self.clone().handle(req))
     }
 }
 
 impl Proxy {
-    async fn handle(self, mut req: Request<Incoming>) -> Response<TrackedBody> {
+    async fn handle(self, mut req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
         let mut guard = self.conn.begin(&self.shared.metrics);
         // Test hook, debug builds only: prove a panicking connection task
         // neither takes the process down nor goes unlogged.
@@ -83,33 +83,44 @@ impl Proxy {
         let started = Instant::now();
         let drain = &self.shared.drain;
         let h1 = req.version() < Version::HTTP_2;
-        let upgrade = h1 && wants_upgrade(req.headers());
+        let seen = HeaderScan::of(req.headers());
+        let upgrade = h1 && seen.upgrade && wants_upgrade(req.headers());
         let (method, uri) = (req.method().clone(), req.uri().clone());
 
-        let result = if let Err(e) = self.upstream_available().await {
+        let available = match self.upstream_ready() {
+            Some(now) => now,
+            // Boxed: the wait is rare and should not size every request's future.
+            None => Box::pin(self.wait_upstream()).await,
+        };
+        let result = if let Err(e) = available {
             Err(e)
         } else if upgrade && drain.is_draining() {
             Err(ProxyError::UpgradeWhileDraining)
         } else {
             let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-            match self.prepare(&mut req, upgrade) {
+            match self.prepare(&mut req, upgrade, &seen) {
                 Err(e) => Err(e),
                 Ok(()) => {
                     let req = req.map(|b| ProxyBody::Request(StallGuard::new(b, self.shared.body_read_timeout)));
-                    let exchange = self.shared.client.request(req);
-                    let exchange = async {
-                        match self.shared.upstream_timeout {
-                            Some(limit) => {
-                                tokio::time::timeout(limit, exchange).await.map_err(|_| ProxyError::UpstreamTimeout)?
-                            }
-                            None => exchange.await,
+                    // One hand-rolled select over three pinned futures: no
+                    // combinator moving the exchange around. The losers are
+                    // dropped at the end of this block, as select! would.
+                    let mut exchange = pin!(self.shared.client.request(req));
+                    let mut limit = pin!(self.shared.upstream_timeout.map(tokio::time::sleep));
+                    let mut cut = pin!(drain.cut());
+                    std::future::poll_fn(|cx| {
+                        if let Poll::Ready(res) = exchange.as_mut().poll(cx) {
+                            return Poll::Ready(res.map_err(ProxyError::from_client));
                         }
-                        .map_err(ProxyError::from_client)
-                    };
-                    tokio::select! {
-                        res = exchange => res,
-                        _ = drain.cut() => Err(ProxyError::Deadline),
-                    }
+                        if limit.as_mut().as_pin_mut().is_some_and(|sleep| sleep.poll(cx).is_ready()) {
+                            return Poll::Ready(Err(ProxyError::UpstreamTimeout));
+                        }
+                        if cut.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Err(ProxyError::Deadline));
+                        }
+                        Poll::Pending
+                    })
+                    .await
                     .map(|res| (res, client_upgrade))
                 }
             }
@@ -147,19 +158,24 @@ impl Proxy {
         metrics.response(res.status());
         metrics.request_duration.observe(started.elapsed().as_secs_f64());
         guard.head_sent();
-        res.map(|body| TrackedBody { inner: body, guard })
+        Ok(res.map(|body| TrackedBody { inner: body, guard }))
     }
 
-    /// In supervisor mode, waits (bounded) for the app to be ready; fails at
-    /// once when it has exited.
-    async fn upstream_available(&self) -> Result<(), ProxyError> {
+    /// Whether requests can go to the app right now; `None`: in supervisor
+    /// mode, not yet (see [`Self::wait_upstream`]).
+    fn upstream_ready(&self) -> Option<Result<(), ProxyError>> {
+        if self.shared.app_gone.load(Ordering::Acquire) {
+            return Some(Err(ProxyError::AppGone));
+        }
+        if *self.shared.ready.borrow() {
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// In supervisor mode, waits (bounded) for the app to be ready.
+    async fn wait_upstream(&self) -> Result<(), ProxyError> {
         let shared = &self.shared;
-        if shared.app_gone.load(Ordering::Acquire) {
-            return Err(ProxyError::AppGone);
-        }
-        if *shared.ready.borrow() {
-            return Ok(());
-        }
         let mut ready = shared.ready.clone();
         let became_ready = tokio::time::timeout(shared.upstream_wait, ready.wait_for(|r| *r)).await;
         match became_ready {
@@ -168,10 +184,10 @@ impl Proxy {
         }
     }
 
-    /// Rewrites the request for the app: origin-form URI on the pool's
-    /// authority, `Host` kept, hop-by-hop headers dropped, forwarding headers set.
-    fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool) -> Result<(), ProxyError> {
-        if !req.headers().contains_key(header::HOST) {
+    /// Rewrites the request for the app: origin-form URI (checked as a path
+    /// on the pool's authority), `Host` kept, hop-by-hop headers dropped, forwarding headers set.
+    fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool, seen: &HeaderScan) -> Result<(), ProxyError> {
+        if !seen.host {
             // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
             if let Some(auth) = req.uri().authority() {
                 let host =
@@ -179,22 +195,34 @@ impl Proxy {
                 req.headers_mut().insert(header::HOST, host);
             }
         }
-        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
+        let uri = req.uri();
+        // An HTTP/1 request target is almost always origin-form already: sent as is.
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
+            let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
+            parts.path_and_query = Some(path.clone());
+            Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
+            *req.uri_mut() = origin_form(path);
+        }
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        let upgrade_value = headers.get(header::UPGRADE).cloned();
-        strip_hop_by_hop(headers, true);
-        if let (true, Some(value)) = (upgrade, upgrade_value) {
-            headers.insert(header::UPGRADE, value);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if seen.hop_by_hop {
+            let upgrade_value = headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(headers, true);
+            if let (true, Some(value)) = (upgrade, upgrade_value) {
+                headers.insert(header::UPGRADE, value);
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
         }
-        append_forwarded_for(headers, &self.client_ip);
+        if seen.forwarded_for {
+            append_forwarded_for(headers, &self.client_ip);
+        } else {
+            // The common case: no proxy in front, no lookup, no allocation.
+            headers.insert(X_FORWARDED_FOR, self.client_ip.clone());
+        }
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.scheme));
         Ok(())
     }
@@ -229,10 +257,59 @@ impl Proxy {
     }
 }
 
+/// The request target for the app (`CONNECT`'s is set by the client).
+fn origin_form(path: PathAndQuery) -> Uri {
+    if path == "/" {
+        return Uri::default();
+    }
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).expect("path is valid uri")
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The headers a request's rewrite depends on, found in one pass over the
+/// names (a standard name compares as a small integer): most requests carry
+/// none of the hop-by-hop ones, and lookups by name each cost a hash.
+#[derive(Default)]
+struct HeaderScan {
+    host: bool,
+    forwarded_for: bool,
+    hop_by_hop: bool,
+    upgrade: bool,
+}
+
+impl HeaderScan {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut seen = HeaderScan::default();
+        for name in headers.keys() {
+            if name == header::HOST {
+                seen.host = true;
+            } else if name == X_FORWARDED_FOR {
+                seen.forwarded_for = true;
+            } else if is_hop_by_hop(name) {
+                seen.hop_by_hop = true;
+                seen.upgrade |= name == header::UPGRADE;
+            }
+        }
+        seen
+    }
+}
+
+/// The names [`strip_hop_by_hop`] always removes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
 
 fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -245,6 +322,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set
 /// (RFC 9110 §7.6.1). `TE: trailers` is the one value a request may keep.
 fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    // Only `Connection` can name other headers: without any of the fixed set
+    // (the common case) there is nothing to do.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -281,7 +363,6 @@ pub fn client_ip(peer: SocketAddr) -> HeaderValue {
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
     if prior.peek().is_none() {
-        // The common case: no proxy in front, no allocation.
         headers.insert(X_FORWARDED_FOR, ip.clone());
         return;
     }
@@ -307,6 +388,27 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-keep", "te"]);
+    }
+
+    #[test]
+    fn header_scan_finds_what_the_rewrite_needs() {
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", HeaderValue::from_static("x"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        let seen = HeaderScan::of(&h);
+        assert!(!seen.host && !seen.forwarded_for && !seen.hop_by_hop && !seen.upgrade);
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        h.insert(PROXY_CONNECTION, HeaderValue::from_static("keep-alive"));
+        let seen = HeaderScan::of(&h);
+        assert!(seen.host && seen.forwarded_for && seen.hop_by_hop && !seen.upgrade);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(HeaderScan::of(&h).upgrade);
+        for name in [KEEP_ALIVE, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::CONNECTION] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            assert!(HeaderScan::of(&h).hop_by_hop);
+        }
     }
 
     #[test]
