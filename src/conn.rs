@@ -22,6 +22,7 @@ use tracing::debug;
 use crate::{
     activity::{ConnState, Limits, Verdict},
     drain::{Drain, Phase},
+    gated::Gated,
     metrics::Metrics,
     park::{Lot, Parked},
     proxy::{Proxy, Shared},
@@ -294,11 +295,17 @@ where
     // Boxed so that `into_parts` can take it by value when parking.
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc.clone()).with_upgrades());
     let park = IO::CAN_PARK.then_some(PARK_AFTER);
-    tokio::select! {
+    // Gated: polled only when what they wait on fires, not on every wake of a busy connection.
+    // (A gated future that completed stays pending: `cut` is awaited again only if it did not fire.)
+    let mut cut = Gated::new(drain.cut());
+    let cut_fired = tokio::select! {
         res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
-        verdict = state.watchdog(settings.limits, drain, true, park) => match verdict {
+        verdict = Gated::new(state.watchdog(settings.limits, drain, true, park)) => match verdict {
             // Closes at once: hyper sees no request in progress.
-            Verdict::Idle => conn.as_mut().graceful_shutdown(),
+            Verdict::Idle => {
+                conn.as_mut().graceful_shutdown();
+                false
+            }
             Verdict::HeadTimeout => {
                 debug!(%peer, "request head not complete in time; closed");
                 return Active::Done(false);
@@ -312,11 +319,13 @@ where
                 return Active::Parked(io);
             }
         },
-        _ = drain.cut() => {}
-    }
-    tokio::select! {
-        res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
-        _ = drain.cut() => {}
+        _ = &mut cut => true,
+    };
+    if !cut_fired {
+        tokio::select! {
+            res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
+            _ = &mut cut => {}
+        }
     }
     // The deadline: a response already streaming cannot be saved on HTTP/1,
     // but a request still waiting for its head gets its 503 written.
@@ -334,22 +343,28 @@ where
     let (peer, metrics) = (svc.peer, svc.shared.metrics.clone());
     let conn = http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).serve_connection(io, svc);
     tokio::pin!(conn);
-    tokio::select! {
+    // Gated as in `serve_h1_active`; `cut` is awaited again only if it did not fire.
+    let mut cut = Gated::new(drain.cut());
+    let cut_fired = tokio::select! {
         res = conn.as_mut() => return finished(peer, &metrics, res),
-        _ = drain.reached(Phase::Draining) => {
+        _ = Gated::new(drain.reached(Phase::Draining)) => {
             // GOAWAY: open streams finish, new ones are refused, the
             // connection closes when the last stream ends.
             conn.as_mut().graceful_shutdown();
+            false
         }
-        _ = state.watchdog(settings.limits, drain, false, None) => {
+        _ = Gated::new(state.watchdog(settings.limits, drain, false, None)) => {
             // Idle past the keep-alive timeout: GOAWAY too.
             conn.as_mut().graceful_shutdown();
+            false
         }
-        _ = drain.cut() => {}
-    }
-    tokio::select! {
-        res = conn.as_mut() => return finished(peer, &metrics, res),
-        _ = drain.cut() => {}
+        _ = &mut cut => true,
+    };
+    if !cut_fired {
+        tokio::select! {
+            res = conn.as_mut() => return finished(peer, &metrics, res),
+            _ = &mut cut => {}
+        }
     }
     // Streams still waiting for a head get their 503 written; the rest are reset.
     let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;

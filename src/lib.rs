@@ -23,6 +23,7 @@ pub mod conn;
 pub mod drain;
 pub mod drain_client;
 pub mod error;
+pub mod gated;
 pub mod listener;
 pub mod metrics;
 pub mod park;
