@@ -97,6 +97,24 @@ async fn a_parked_connection_that_sends_during_the_drain_is_served_with_close() 
 }
 
 #[tokio::test]
+async fn the_idle_grace_closes_a_parked_connection_during_the_drain() {
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &["--idle-grace", "1s"]).await;
+    let mut c = Client::connect(p.addr).await;
+    assert_eq!(c.get("/").await.status, 200);
+    p.log.wait_for("idle connection moved to the parking lot").await;
+    p.sigterm();
+    p.log.wait_for("drain started").await;
+    // Re-timed to the idle-grace (from its last request), not closed at once...
+    assert!(c.still_open_after(Duration::from_millis(200)).await, "closed before the idle-grace");
+    // ...and closed by the lot when it runs out, which ends the drain.
+    assert_eq!(c.end().await, End::Eof);
+    let (status, took) = p.exit().await;
+    assert!(status.success(), "{status}");
+    assert!(took < NOT_THE_GRACE, "took {took:?}");
+}
+
+#[tokio::test]
 async fn a_parked_connection_keeps_its_max_connections_slot() {
     let up = Upstream::start().await;
     let mut p = proxy(&up, &["--max-connections", "1"]).await;
