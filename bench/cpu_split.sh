@@ -53,6 +53,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 taskset -c "$LOAD_CPU" "$TARGET_DIR/release/examples/bench_upstream" --listen 127.0.0.1:0 >"$WORK/upstream.out" &
 PIDS+=($!)
+UPSTREAM_PID=$!
 UPSTREAM=$(wait_line "$WORK/upstream.out" listening | awk '{print $2}')
 
 NAMES=() ADDRS=() CPU_PIDS=()
@@ -103,20 +104,22 @@ EOF
 fi
 
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # utime stime (after comm; no spaces in these comms)
-echo "round	proxy	req/s	user_us_per_req	kernel_us_per_req	total_us_per_req" >"$WORK/runs.tsv"
+echo "round	proxy	req/s	user_us_per_req	kernel_us_per_req	total_us_per_req	upstream_us_per_req" >"$WORK/runs.tsv"
 for ((r = 1; r <= ROUNDS; r++)); do
     for i in "${!NAMES[@]}"; do
         url="http://${ADDRS[$i]}$PATH_REQ"
         taskset -c "$LOAD_CPU" wrk -t1 -c64 -d1s "$url" >/dev/null
         read -r u0 s0 < <(ticks "${CPU_PIDS[$i]}")
+        read -r uu0 us0 < <(ticks "$UPSTREAM_PID")
         n=$(taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"${DURATION}s" "$url" | awk '/requests in/ {print $1}')
         read -r u1 s1 < <(ticks "${CPU_PIDS[$i]}")
-        python3 - "$r" "${NAMES[$i]}" "$n" "$DURATION" "$HZ" "$u0" "$s0" "$u1" "$s1" >>"$WORK/runs.tsv" <<'EOF'
+        read -r uu1 us1 < <(ticks "$UPSTREAM_PID")
+        python3 - "$r" "${NAMES[$i]}" "$n" "$DURATION" "$HZ" "$u0" "$s0" "$u1" "$s1" "$((uu1 + us1 - uu0 - us0))" >>"$WORK/runs.tsv" <<'EOF'
 import sys
-r, name, n, dur, hz, u0, s0, u1, s1 = sys.argv[1:]
+r, name, n, dur, hz, u0, s0, u1, s1, up = sys.argv[1:]
 n, dur, hz = int(n), float(dur), int(hz)
 user, kern = (int(u1) - int(u0)) / hz / n * 1e6, (int(s1) - int(s0)) / hz / n * 1e6
-print(f"{r}\t{name}\t{n / dur:.0f}\t{user:.2f}\t{kern:.2f}\t{user + kern:.2f}")
+print(f"{r}\t{name}\t{n / dur:.0f}\t{user:.2f}\t{kern:.2f}\t{user + kern:.2f}\t{int(up) / hz / n * 1e6:.2f}")
 EOF
         tail -1 "$WORK/runs.tsv" >&2
     done
@@ -127,10 +130,10 @@ import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 names = list(dict.fromkeys(r[1] for r in rows))
 print(f"\nwrk -t1 -c64 {sys.argv[2]}, medians (min-max) over {len({r[0] for r in rows})} interleaved rounds:\n")
-print("| proxy | req/s | user µs/request | kernel µs/request | total µs/request |")
-print("|---|---:|---:|---:|---:|")
+print("| proxy | req/s | user µs/request | kernel µs/request | total µs/request | upstream µs/request |")
+print("|---|---:|---:|---:|---:|---:|")
 for name in names:
-    cols = [[float(r[c]) for r in rows if r[1] == name] for c in range(2, 6)]
+    cols = [[float(r[c]) for r in rows if r[1] == name] for c in range(2, 7)]
     cell = lambda v, fmt: f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
     print(f"| {name} | {cell(cols[0], '{:,.0f}')} | " + " | ".join(cell(c, '{:.2f}') for c in cols[1:]) + " |")
 EOF

@@ -141,17 +141,8 @@ impl Lot {
         }))
     }
 
-    /// Parked connections right now.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Takes the socket in; gives it back if it cannot be watched (the
-    /// caller then waits on it itself).
+    /// Takes the socket in; gives it back if it cannot be watched, or after
+    /// the cut (the caller then closes it, as at a keep-alive timeout).
     pub fn park(&self, parked: Parked) -> Result<(), Parked> {
         let mut lots = self.lock();
         if lots.closed {
@@ -165,7 +156,7 @@ impl Lot {
             token(slot, generation),
         );
         if let Err(e) = self.epoll.get_ref().0.add(&parked.tcp, event) {
-            warn!(error = %e, "cannot park an idle connection; it keeps its task");
+            warn!(error = %e, "cannot park an idle connection; closing it");
             return Err(parked);
         }
         let deadline = self.deadline(&parked, self.drain.is_draining());
