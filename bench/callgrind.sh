@@ -187,7 +187,7 @@ def crate(path, fn):
         return m.group(1)
     if "/rustc/" in path:
         return "std/core/alloc"
-    if "/wt-perf/src/" in path or re.search(r"/src/[a-z_]+\.rs$", path) and "drainproxy" in fn:
+    if re.search(r"/src/[a-z_]+\.rs$", path) and "drainproxy" in fn:
         return "drainproxy"
     if fn.startswith(("mi_", "_mi_")):
         return "mimalloc"

@@ -68,7 +68,12 @@ done
 if [[ $NGINX == 1 ]] && command -v nginx >/dev/null; then
     port=$(free_port)
     mkdir -p "$WORK/nginx"
+    user=""
+    # As root, nginx would switch its worker to "nobody": keep the current user (as bench/run.sh does).
+    [[ $EUID -eq 0 ]] && user="user $(id -un) $(id -gn);"
+    # The same proxy settings as bench/run.sh's nginx.
     cat >"$WORK/nginx/nginx.conf" <<EOF
+$user
 worker_processes 1;
 daemon off;
 pid $WORK/nginx/nginx.pid;
@@ -84,11 +89,19 @@ http {
     upstream app { server $UPSTREAM; keepalive 1024; keepalive_requests 1000000; keepalive_timeout 300s; }
     server {
         listen 127.0.0.1:$port;
-        location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # A 64 KiB response fits in memory: never a temp file.
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+            proxy_max_temp_file_size 0;
+        }
     }
 }
 EOF
-    taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr" &
+    taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
     master=$!
     PIDS+=("$master")
     worker=""

@@ -76,9 +76,7 @@ async fn upstream_dying_during_a_drain_fails_cleanly_and_the_drain_ends() {
     let res = c.response().await;
     assert_eq!(res.status, 502, "no head was sent: a clean 502");
     assert!(res.closes());
-    let (status, took) = p.exit().await;
-    assert!(status.success());
-    assert!(took < Duration::from_secs(20), "the drain waited for the grace: {took:?}");
+    p.exits_promptly().await;
 }
 
 // ---- client faults ----

@@ -567,16 +567,6 @@ async fn keep_alive_connection_is_reused() {
     assert_eq!(sample(&metrics, r#"drainproxy_requests_total{class="2xx"}"#), 2.0);
 }
 
-/// The admin port answers liveness and readiness while serving.
-#[tokio::test]
-async fn admin_health_and_readiness() {
-    let upstream = Upstream::start().await;
-    let proxy = Proxy::start(&upstream.addr, &[]).await;
-
-    assert_eq!(get(proxy.admin(), "/healthz").await.status, 200);
-    assert_eq!(get(proxy.admin(), "/readyz").await.status, 200);
-}
-
 /// `/metrics` is Prometheus text whose request counters move with traffic.
 #[tokio::test]
 async fn admin_metrics_count_requests() {

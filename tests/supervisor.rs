@@ -116,7 +116,7 @@ async fn ready_path_must_answer_2xx() {
     // /status/500 never turns 2xx: the app accepts but is never ready.
     let mut p = start(&sock, &["--upstream-ready-path", "/status/500"], &format!("exec {}", demo(&sock))).await;
     let mut c = Client::connect(p.admin()).await;
-    // Wait until the app's socket exists and has been polled a few times.
+    // Wait until the app's socket exists...
     tokio::time::timeout(SOON, async {
         while !Path::new(&sock).exists() {
             tokio::task::yield_now().await;
@@ -124,7 +124,13 @@ async fn ready_path_must_answer_2xx() {
     })
     .await
     .unwrap();
-    assert_eq!(c.get("/readyz").await.status, 503);
+    // ...then, while the app accepts and is polled (every 50 ms) with 500s, it never turns ready.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_millis(300) {
+        assert_eq!(c.get("/readyz").await.status, 503);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!p.log.all().contains("app ready"), "{}", p.log.all());
     p.sigterm();
     p.exit().await;
 

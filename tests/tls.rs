@@ -18,13 +18,9 @@ use nix::sys::signal::Signal;
 use support::{
     get,
     tls::{self, Dir, KeyKind, Pem, TlsClient, TlsEnd},
-    Proxy, Upstream, SOON,
+    Proxy, Upstream, LONG_GRACE, SOON,
 };
 use tokio::{io::AsyncReadExt, net::TcpStream};
-
-/// Far longer than any test: a process still alive at this point waited for the grace.
-const LONG_GRACE: &str = "60s";
-const NOT_THE_GRACE: Duration = Duration::from_secs(20);
 
 /// A drainproxy terminating TLS with `pem`, written to a fresh temp dir (kept alive by the caller).
 async fn tls_proxy(up: &Upstream, dir: &Dir, pem: &Pem, args: &[&str]) -> Proxy {
@@ -151,9 +147,7 @@ async fn in_flight_https_request_completes_then_process_exits() {
     assert_eq!(res.text(), "released tls-inflight\n");
     assert!(res.complete && res.closes(), "{res:?}");
     assert_eq!(c.end().await, TlsEnd::CloseNotify, "a clean TLS close after the response");
-    let (status, took) = p.exit().await;
-    assert!(status.success(), "{status}");
-    assert!(took < NOT_THE_GRACE, "waited for the grace: {took:?}");
+    p.exits_promptly().await;
 }
 
 #[tokio::test]
@@ -167,9 +161,7 @@ async fn idle_https_keepalive_closed_with_close_notify_at_drain() {
     assert!(!res.closes(), "keep-alive before the drain");
     p.sigterm();
     assert_eq!(c.end().await, TlsEnd::CloseNotify, "close_notify then EOF, not a truncation or a reset");
-    let (status, took) = p.exit().await;
-    assert!(status.success(), "{status}");
-    assert!(took < NOT_THE_GRACE, "took {took:?}");
+    p.exits_promptly().await;
 }
 
 #[tokio::test]
@@ -212,9 +204,7 @@ async fn h2_over_tls_stream_completes_after_goaway() {
         );
     }
     assert_eq!(end.end().await, TlsEnd::CloseNotify, "the TLS stream ends with close_notify, not a truncation");
-    let (status, took) = p.exit().await;
-    assert!(status.success(), "{status}");
-    assert!(took < NOT_THE_GRACE, "took {took:?}");
+    p.exits_promptly().await;
 }
 
 // 5. Certificate rotation
@@ -330,9 +320,7 @@ async fn silent_client_neither_blocks_accepting_nor_delays_the_drain() {
     let mut buf = [0; 64];
     let read = tokio::time::timeout(SOON, silent.read(&mut buf)).await.expect("the silent client was kept open");
     assert!(matches!(read, Ok(0)), "closed with EOF: {read:?}");
-    let (status, took) = p.exit().await;
-    assert!(status.success(), "{status}");
-    assert!(took < NOT_THE_GRACE, "the silent client held the drain: {took:?}");
+    p.exits_promptly().await;
     p.log.all().lines().find(|l| l.contains("drain complete")).expect("drain complete logged");
 }
 

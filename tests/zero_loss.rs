@@ -665,16 +665,15 @@ async fn run(proto: Proto, delay_ms: u64, idle_grace: Option<&'static str>) -> C
 
 async fn assert_zero_loss(proto: Proto, delay_ms: u64) {
     let c = run(proto, delay_ms, None).await;
-    assert!(c.answered >= knobs().warmup, "the load ran");
     assert_eq!(c.lost, 0, "requests lost with the default idle-grace: {:#?}", c.details);
     assert_eq!(c.bad_status, 0, "error responses during the drain: {:#?}", c.details);
     assert_eq!(c.cut, 0, "nothing may wait for the grace deadline");
 }
 
-/// `--idle-grace 0` may lose requests (that is the point): only the run must complete.
+/// `--idle-grace 0` may lose requests (that is the point): only the run must
+/// complete (`run` checks the warm-up ran and the proxy drained and exited).
 async fn report_idle_grace_0(proto: Proto, delay_ms: u64) {
-    let c = run(proto, delay_ms, Some("0")).await;
-    assert!(c.answered >= knobs().warmup, "the load ran");
+    run(proto, delay_ms, Some("0")).await;
 }
 
 #[tokio::test]

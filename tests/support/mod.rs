@@ -19,6 +19,11 @@ use tokio::{
 /// Generous bound for anything that should happen "at once" on a loaded CI box.
 pub const SOON: Duration = Duration::from_secs(10);
 
+/// A `--grace` far longer than any test: a drain that waits for it is caught by [`NOT_THE_GRACE`].
+pub const LONG_GRACE: &str = "60s";
+/// A process still alive this long after its signal waited for the grace.
+pub const NOT_THE_GRACE: Duration = Duration::from_secs(20);
+
 pub fn bin(name: &str) -> &'static str {
     match name {
         "drainproxy" => env!("CARGO_BIN_EXE_drainproxy"),
@@ -188,6 +193,13 @@ impl Proxy {
         self.log.finished().await;
         let since = self.signalled_at.map_or(Duration::ZERO, |t| t.elapsed());
         (status, since)
+    }
+
+    /// Waits for the exit: clean, and without waiting out a long `--grace`.
+    pub async fn exits_promptly(&mut self) {
+        let (status, took) = self.exit().await;
+        assert!(status.success(), "{status}");
+        assert!(took < NOT_THE_GRACE, "waited for the grace: {took:?}");
     }
 
     /// True while the process has not exited.
