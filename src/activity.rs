@@ -91,7 +91,7 @@ impl ConnState {
         self.served.load(Ordering::Relaxed)
     }
 
-    /// Called by the I/O wrapper on every write and flush.
+    /// Called by the I/O wrapper on every write (`false`) and completed flush (`true`).
     pub fn wrote(&self, flushed: bool) {
         self.unflushed.store(!flushed, Ordering::Relaxed);
     }

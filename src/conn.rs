@@ -433,22 +433,35 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ConnIo<IO> {
     }
 }
 
+/// Writes mark the connection unflushed until hyper flushes it, which hyper
+/// does only once its own write buffer is empty: a response can end (and its
+/// request stop counting) while its tail still waits in hyper's buffer for a
+/// slow reader, and such a connection must not park (that drops the buffer).
 impl<IO: AsyncWrite + Unpin> AsyncWrite for ConnIo<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.state.wrote(false);
+        Pin::new(&mut this.io).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.state.wrote(false);
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.io).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            this.state.wrote(true);
+        }
+        res
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)

@@ -10,6 +10,7 @@ use std::{
 };
 
 use support::{get, Client, End, Proxy, Upstream, LONG_GRACE, SOON};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 async fn proxy(upstream: &Upstream, args: &[&str]) -> Proxy {
     let mut all = vec!["--grace", LONG_GRACE, "--log-level", "drainproxy=debug"];
@@ -49,6 +50,38 @@ async fn a_connection_parked_in_its_task_serves_again_and_drains() {
     // A parked socket is closed by the drain like any idle one: a clean EOF.
     assert_eq!(c.end().await, End::Eof);
     p.exits_promptly().await;
+}
+
+/// A slow reader: the response is complete on the proxy's side (the upstream
+/// sent it all, the request is over) while its tail still waits in hyper's
+/// write buffer. The connection going quiet meanwhile must not park and drop
+/// that tail.
+#[tokio::test]
+async fn a_response_still_being_written_to_a_slow_reader_is_delivered_whole() {
+    const N: usize = 10_000_000;
+    let up = Upstream::start().await;
+    let mut p = proxy(&up, &[]).await;
+    let mut c = Client::connect(p.addr).await;
+    c.start_get(&format!("/bytes?n={N}")).await;
+    assert_eq!(c.head().await.status, 200);
+    let mut got = c.stream.buffer().len();
+    c.stream.consume(got);
+    let read = tokio::time::timeout(SOON, async {
+        let mut chunk = vec![0; 65536];
+        while got < N {
+            match c.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+            // 64 KiB every 5 ms: slower than the proxy can send.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(read.is_ok() && got == N, "response bytes lost: {got} of {N} arrived");
+    // The connection then parks (in its task) and still serves.
+    p.log.wait_for("idle connection parked").await;
+    assert_eq!(c.get("/").await.status, 200);
 }
 
 #[tokio::test]
