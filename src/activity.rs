@@ -18,6 +18,8 @@ use crate::{
 /// Shared by a connection's task, its service and its I/O wrapper; no
 /// registry of connections exists anywhere else.
 pub struct ConnState {
+    /// Held here so a request does not clone the process-wide handle.
+    metrics: Arc<Metrics>,
     /// Requests whose response body has not finished.
     in_flight: AtomicUsize,
     /// Requests still waiting for a response head.
@@ -61,14 +63,29 @@ pub struct Limits {
     pub head: Duration,
 }
 
+impl Limits {
+    /// How long a connection with no request in progress may stay open: the
+    /// keep-alive timeout, or once draining the idle-grace. A connection that
+    /// has not sent its first request yet was opened to send one, likely in
+    /// flight now: closing it would lose it even with `--idle-grace 0`.
+    pub fn idle(&self, draining: bool, served: bool) -> Duration {
+        match (draining, served) {
+            (false, _) => self.keepalive,
+            (true, true) => self.idle_grace,
+            (true, false) => self.idle_grace.max(FIRST_REQUEST_GRACE),
+        }
+    }
+}
+
 impl ConnState {
-    pub fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
-        Self::resumed(permit, now_micros(), false)
+    pub fn new(permit: Option<OwnedSemaphorePermit>, metrics: Arc<Metrics>) -> Self {
+        Self::resumed(permit, metrics, now_micros(), false)
     }
 
     /// A connection back from the parking lot keeps its idle clock and whether it was served.
-    pub fn resumed(permit: Option<OwnedSemaphorePermit>, last_done: u64, served: bool) -> Self {
+    pub fn resumed(permit: Option<OwnedSemaphorePermit>, metrics: Arc<Metrics>, last_done: u64, served: bool) -> Self {
         ConnState {
+            metrics,
             in_flight: AtomicUsize::new(0),
             heads_pending: AtomicUsize::new(0),
             last_done: AtomicU64::new(last_done),
@@ -97,7 +114,8 @@ impl ConnState {
     }
 
     /// Marks a request as started; it ends when the guard drops.
-    pub fn begin(self: &Arc<Self>, metrics: &Arc<Metrics>) -> RequestGuard {
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        let metrics = &self.metrics;
         metrics.in_flight.inc();
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
             metrics.conn_active.inc();
@@ -105,7 +123,7 @@ impl ConnState {
         self.heads_pending.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(0, Ordering::Release);
         self.served.store(true, Ordering::Relaxed);
-        RequestGuard { conn: self.clone(), metrics: metrics.clone(), head_pending: true }
+        RequestGuard { conn: self.clone(), head_pending: true }
     }
 
     /// Bytes arrived from the client (called by the connection's I/O wrapper).
@@ -145,6 +163,9 @@ impl ConnState {
     pub async fn watchdog(&self, limits: Limits, drain: &Drain, h1: bool, park: Option<Duration>) -> Verdict {
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
+        // Made once: once it fires, `draining` is true and it is never polled again.
+        let drain_started = drain.reached(Phase::Draining);
+        tokio::pin!(drain_started);
         loop {
             let woken = self.idle.notified();
             if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -157,15 +178,8 @@ impl ConnState {
             let last_done = self.last_done.load(Ordering::Acquire);
             let (since, limit, verdict) = if h1 && head_started != 0 {
                 (head_started, limits.head, Verdict::HeadTimeout)
-            } else if draining && self.served.load(Ordering::Relaxed) {
-                (last_done, limits.idle_grace, Verdict::Idle)
-            } else if draining {
-                // A connection that has not sent its first request yet was
-                // opened to send one, likely in flight now: closing it would
-                // lose it even with `--idle-grace 0`.
-                (last_done, limits.idle_grace.max(FIRST_REQUEST_GRACE), Verdict::Idle)
             } else {
-                (last_done, limits.keepalive, Verdict::Idle)
+                (last_done, limits.idle(draining, self.served()), Verdict::Idle)
             };
             let elapsed = Duration::from_micros(now.saturating_sub(since));
             if elapsed >= limit {
@@ -197,7 +211,7 @@ impl ConnState {
             tokio::select! {
                 _ = &mut sleep => {}
                 _ = woken, if timing_head => {}
-                _ = drain.reached(Phase::Draining), if !draining => {}
+                _ = &mut drain_started, if !draining => {}
             }
         }
     }
@@ -206,7 +220,6 @@ impl ConnState {
 /// Keeps one request counted until its response body is done.
 pub struct RequestGuard {
     conn: Arc<ConnState>,
-    metrics: Arc<Metrics>,
     head_pending: bool,
 }
 
@@ -222,9 +235,9 @@ impl RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.head_sent();
-        self.metrics.in_flight.dec();
+        self.conn.metrics.in_flight.dec();
         if self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.metrics.conn_active.dec();
+            self.conn.metrics.conn_active.dec();
             self.conn.head_started.store(0, Ordering::Release);
             self.conn.last_done.store(now_micros(), Ordering::Release);
             // Every waiter (watchdog, park timer) re-checks; each created its

@@ -73,8 +73,8 @@ impl Body for ProxyBody {
                     Poll::Ready(frame.map(|f| f.map_err(Into::into)))
                 }
                 Poll::Pending => {
-                    let deadline = Instant::now() + g.limit;
                     if !g.armed {
+                        let deadline = Instant::now() + g.limit;
                         match &mut g.timer {
                             Some(timer) => timer.as_mut().reset(deadline),
                             None => g.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

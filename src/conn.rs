@@ -145,7 +145,7 @@ pub async fn serve<IO>(
     let metrics = shared.metrics.clone();
     metrics.connections_total.inc();
     metrics.conn_open.inc();
-    let state = Arc::new(ConnState::new(permit));
+    let state = Arc::new(ConnState::new(permit, metrics.clone()));
     let drain = shared.drain.clone();
     let svc = Proxy { shared, conn: state.clone(), peer, scheme, client_ip: crate::proxy::client_ip(peer) };
 
@@ -188,7 +188,7 @@ pub async fn resume(parked: Parked, shared: Arc<Shared>, settings: ConnSettings)
         }
     };
     debug!(%peer, "parked connection resumed");
-    let state = Arc::new(ConnState::resumed(parked.permit, parked.last_done, parked.served));
+    let state = Arc::new(ConnState::resumed(parked.permit, metrics.clone(), parked.last_done, parked.served));
     // It woke up because bytes (or the client's FIN) are waiting; see `serve_h1`.
     state.bytes_read();
     let drain = shared.drain.clone();
@@ -287,9 +287,9 @@ where
     let (peer, metrics) = (svc.peer, &svc.shared.metrics);
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        // Our watchdog times heads from their first byte; hyper's timer would
-        // also run while the connection is idle and cut keep-alives short.
+        // Our watchdog times heads from their first byte; hyper's (its only
+        // use of a timer on HTTP/1) would also run while the connection is
+        // idle and cut keep-alives short.
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes);
     // Boxed so that `into_parts` can take it by value when parking.
@@ -299,7 +299,10 @@ where
     // (A gated future that completed stays pending: `cut` is awaited again only if it did not fire.)
     let mut cut = Gated::new(drain.cut());
     let cut_fired = tokio::select! {
-        res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
+        res = conn.as_mut() => {
+            finished(peer, metrics, res);
+            return Active::Done(false);
+        }
         verdict = Gated::new(state.watchdog(settings.limits, drain, true, park)) => match verdict {
             // Closes at once: hyper sees no request in progress.
             Verdict::Idle => {
@@ -323,7 +326,10 @@ where
     };
     if !cut_fired {
         tokio::select! {
-            res = conn.as_mut() => return Active::Done(finished(peer, metrics, res)),
+            res = conn.as_mut() => {
+            finished(peer, metrics, res);
+            return Active::Done(false);
+        }
             _ = &mut cut => {}
         }
     }
@@ -346,7 +352,10 @@ where
     // Gated as in `serve_h1_active`; `cut` is awaited again only if it did not fire.
     let mut cut = Gated::new(drain.cut());
     let cut_fired = tokio::select! {
-        res = conn.as_mut() => return finished(peer, &metrics, res),
+        res = conn.as_mut() => {
+            finished(peer, &metrics, res);
+            return false;
+        }
         _ = Gated::new(drain.reached(Phase::Draining)) => {
             // GOAWAY: open streams finish, new ones are refused, the
             // connection closes when the last stream ends.
@@ -362,7 +371,10 @@ where
     };
     if !cut_fired {
         tokio::select! {
-            res = conn.as_mut() => return finished(peer, &metrics, res),
+            res = conn.as_mut() => {
+            finished(peer, &metrics, res);
+            return false;
+        }
             _ = &mut cut => {}
         }
     }
@@ -371,7 +383,7 @@ where
     true
 }
 
-fn finished(peer: SocketAddr, metrics: &Metrics, res: Result<(), hyper::Error>) -> bool {
+fn finished(peer: SocketAddr, metrics: &Metrics, res: Result<(), hyper::Error>) {
     if let Err(e) = res {
         // hyper answers unparsable requests itself (400, 414, 431): count them.
         if e.is_parse() {
@@ -379,7 +391,6 @@ fn finished(peer: SocketAddr, metrics: &Metrics, res: Result<(), hyper::Error>) 
         }
         debug!(%peer, error = %crate::error::error_chain(&e), "connection ended with an error");
     }
-    false
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -30,7 +30,6 @@ pub enum ProxyError {
 impl ProxyError {
     /// Classifies an upstream client error.
     pub fn from_client(err: crate::upstream::Error) -> Self {
-        let detail = error_chain(&err);
         let chain = std::iter::successors(std::error::Error::source(&err), |e| e.source());
         if chain.clone().any(|e| e.is::<crate::body::BodyStalled>()) {
             return ProxyError::ClientTimeout;
@@ -41,9 +40,9 @@ impl ProxyError {
             return ProxyError::BadRequest("malformed or interrupted request body");
         }
         if err.is_connect() {
-            ProxyError::UpstreamConnect(detail)
+            ProxyError::UpstreamConnect(error_chain(&err))
         } else {
-            ProxyError::UpstreamProtocol(detail)
+            ProxyError::UpstreamProtocol(error_chain(&err))
         }
     }
 

@@ -30,7 +30,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{debug, warn};
 
 use crate::{
-    activity::{now_micros, Limits, FIRST_REQUEST_GRACE},
+    activity::{now_micros, Limits},
     drain::{Drain, Phase},
     metrics::Metrics,
 };
@@ -68,7 +68,7 @@ pub struct Parked {
     pub permit: Option<OwnedSemaphorePermit>,
     /// When its last request ended ([`now_micros`]): the keep-alive and idle-grace clocks run from here.
     pub last_done: u64,
-    /// It has sent a request (see [`FIRST_REQUEST_GRACE`]).
+    /// It has sent a request (see [`crate::activity::FIRST_REQUEST_GRACE`]).
     pub served: bool,
 }
 
@@ -179,11 +179,7 @@ impl Lot {
 
     /// When a parked connection must close: the same limits the watchdog applies to an active one.
     fn deadline(&self, parked: &Parked, draining: bool) -> u64 {
-        let limit = match (draining, parked.served) {
-            (false, _) => self.limits.keepalive,
-            (true, true) => self.limits.idle_grace,
-            (true, false) => self.limits.idle_grace.max(FIRST_REQUEST_GRACE),
-        };
+        let limit = self.limits.idle(draining, parked.served);
         parked.last_done.saturating_add(limit.as_micros().try_into().unwrap_or(u64::MAX))
     }
 

@@ -15,7 +15,7 @@ use std::{
 
 use http::{
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    uri::{Authority, PathAndQuery, Scheme},
+    uri::PathAndQuery,
     Request, Response, StatusCode, Uri, Version,
 };
 use hyper::body::Incoming;
@@ -25,12 +25,7 @@ use tracing::{debug, warn};
 
 pub use crate::body::{full, ProxyBody, TrackedBody};
 use crate::{
-    activity::ConnState,
-    body::StallGuard,
-    drain::Drain,
-    error::ProxyError,
-    metrics::Metrics,
-    upstream::{UpstreamClient, POOL_AUTHORITY},
+    activity::ConnState, body::StallGuard, drain::Drain, error::ProxyError, metrics::Metrics, upstream::UpstreamClient,
 };
 
 /// What every connection's service shares.
@@ -74,7 +69,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
 impl Proxy {
     async fn handle(self, mut req: Request<Incoming>) -> Result<Response<TrackedBody>, Infallible> {
-        let mut guard = self.conn.begin(&self.shared.metrics);
+        let mut guard = self.conn.begin();
         // Test hook, debug builds only: prove a panicking connection task
         // neither takes the process down nor goes unlogged.
         if cfg!(debug_assertions) && req.headers().contains_key("x-drainproxy-test-panic") {
@@ -184,8 +179,8 @@ impl Proxy {
         }
     }
 
-    /// Rewrites the request for the app: origin-form URI (checked as a path
-    /// on the pool's authority), `Host` kept, hop-by-hop headers dropped, forwarding headers set.
+    /// Rewrites the request for the app: origin-form URI, `Host` kept,
+    /// hop-by-hop headers dropped, forwarding headers set.
     fn prepare(&self, req: &mut Request<Incoming>, upgrade: bool, seen: &HeaderScan) -> Result<(), ProxyError> {
         if !seen.host {
             // HTTP/2 carries the host in `:authority`; the app speaks HTTP/1.1.
@@ -199,11 +194,6 @@ impl Proxy {
         // An HTTP/1 request target is almost always origin-form already: sent as is.
         if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
             let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(Authority::from_static(POOL_AUTHORITY));
-            parts.path_and_query = Some(path.clone());
-            Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("invalid URI"))?;
             *req.uri_mut() = origin_form(path);
         }
         *req.version_mut() = Version::HTTP_11;

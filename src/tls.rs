@@ -74,21 +74,29 @@ impl Certificates {
     /// Re-reads the files if they changed. A broken replacement keeps the
     /// certificate in service and logs why.
     pub fn reload(&self, reason: &str) {
-        let on_disk = read_both(&self.files).ok();
-        let seen = on_disk.as_ref().is_some_and(|source| {
+        let on_disk = read_both(&self.files);
+        let seen = on_disk.as_ref().is_ok_and(|source| {
             *source == self.current.read().expect("never poisoned").source
                 || Some(source) == self.rejected.lock().expect("never poisoned").as_ref()
         });
         if seen && reason != "SIGHUP" {
             return;
         }
-        match load(&self.files, &self.provider) {
+        // The bytes compared above are the ones parsed: one read, no race with a writer.
+        let (loaded, rejected) = match on_disk {
+            Ok(source) => match parse(&self.files, &source, &self.provider) {
+                Ok(loaded) => (Ok(loaded), None),
+                Err(e) => (Err(e), Some(source)),
+            },
+            Err(e) => (Err(e), None),
+        };
+        match loaded {
             Ok(loaded) => {
                 *self.current.write().expect("never poisoned") = loaded;
                 info!(reason, cert = %self.files.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
-                *self.rejected.lock().expect("never poisoned") = on_disk;
+                *self.rejected.lock().expect("never poisoned") = rejected;
                 error!(reason, error = %format!("{e:#}"), "TLS certificate reload failed; keeping the current one")
             }
         }
@@ -114,18 +122,23 @@ fn read_both(files: &TlsFiles) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
 }
 
 fn load(files: &TlsFiles, provider: &CryptoProvider) -> anyhow::Result<Loaded> {
-    let (cert_pem, key_pem) = read_both(files)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    parse(files, &read_both(files)?, provider)
+}
+
+/// Builds the certified key from the files' contents (`source`: cert PEM, key PEM).
+fn parse(files: &TlsFiles, source: &(Vec<u8>, Vec<u8>), provider: &CryptoProvider) -> anyhow::Result<Loaded> {
+    let (cert_pem, key_pem) = source;
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{}: invalid PEM", files.cert.display()))?;
     if chain.is_empty() {
         bail!("{}: no CERTIFICATE found in the PEM file", files.cert.display());
     }
     // Accepts PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| anyhow::anyhow!("{}: no usable private key ({e})", files.key.display()))?;
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         anyhow::anyhow!("{} and {} do not form a usable pair: {e}", files.cert.display(), files.key.display())
     })?;
-    Ok(Loaded { key: Arc::new(key), source: (cert_pem, key_pem) })
+    Ok(Loaded { key: Arc::new(key), source: source.clone() })
 }

@@ -83,7 +83,7 @@ struct Idle {
 #[derive(Debug)]
 pub struct Error {
     kind: Kind,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +98,7 @@ enum Kind {
 
 impl Error {
     fn new(kind: Kind, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Error { kind, source: Some(source.into()) }
+        Error { kind, source: source.into() }
     }
 
     /// True if the app could not be reached at all.
@@ -115,7 +115,7 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| &**e as _)
+        Some(&*self.source)
     }
 }
 
