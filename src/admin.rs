@@ -12,9 +12,9 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
+    body::{text, ProxyBody},
     drain::{Drain, Phase},
     metrics::Metrics,
-    proxy::{full, ProxyBody},
 };
 
 /// What the admin handlers read and trigger.
@@ -56,12 +56,10 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let phase = self.drain.phase();
         match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET | &Method::HEAD, "/readyz") => match (phase, *self.ready.borrow()) {
-                (Phase::Serving, true) => text(StatusCode::OK, "ready\n".into()),
-                (Phase::Serving, false) => {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "starting: the app is not ready\n".into())
-                }
+                (Phase::Serving, true) => text(StatusCode::OK, "ready\n"),
+                (Phase::Serving, false) => text(StatusCode::SERVICE_UNAVAILABLE, "starting: the app is not ready\n"),
                 _ => text(StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", phase.as_str())),
             },
             (&Method::GET, "/metrics") => {
@@ -78,13 +76,13 @@ impl Admin {
                 info!(%peer, "drain requested on the admin port");
                 // A full channel means a request is already queued: same effect.
                 let _ = self.trigger.try_send(());
-                text(StatusCode::ACCEPTED, "draining\n".into())
+                text(StatusCode::ACCEPTED, "draining\n")
             }
-            (&Method::POST, "/drain") => text(StatusCode::FORBIDDEN, "drain is allowed from loopback only\n".into()),
+            (&Method::POST, "/drain") => text(StatusCode::FORBIDDEN, "drain is allowed from loopback only\n"),
             (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/drain") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz /readyz /metrics /status, POST /drain\n".into()),
+            _ => text(StatusCode::NOT_FOUND, "not found: try /healthz /readyz /metrics /status, POST /drain\n"),
         }
     }
 
@@ -106,11 +104,4 @@ impl Admin {
             self.metrics.conn_upgraded.get(),
         )
     }
-}
-
-fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut res = Response::new(full(body));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
-    res
 }

@@ -32,6 +32,14 @@ pub fn full(data: impl Into<Bytes>) -> ProxyBody {
     ProxyBody::Full(Some(data.into()))
 }
 
+/// A plain-text response of our own (error pages, admin answers).
+pub fn text(status: http::StatusCode, body: impl Into<Bytes>) -> http::Response<ProxyBody> {
+    let mut res = http::Response::new(full(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}
+
 /// A client's request body that may not stall longer than `limit` between
 /// reads (slow-body attacks hold an upstream connection otherwise).
 pub struct StallGuard {

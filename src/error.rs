@@ -2,7 +2,7 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::proxy::{full, ProxyBody};
+use crate::body::{text, ProxyBody};
 
 /// Why a request could not be proxied.
 #[derive(Debug)]
@@ -72,10 +72,8 @@ impl ProxyError {
     /// every 503, also close the connection.
     pub fn into_response(self, close: bool) -> Response<ProxyBody> {
         let status = self.status();
-        let mut res = Response::new(full(format!("{}\n", status.canonical_reason().unwrap_or("error"))));
-        *res.status_mut() = status;
+        let mut res = text(status, format!("{}\n", status.canonical_reason().unwrap_or("error")));
         let headers = res.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         // After a 408 or a 400 the rest of the body is unread or unreadable:
         // the connection cannot be reused.
         if close || status != StatusCode::BAD_GATEWAY && status != StatusCode::GATEWAY_TIMEOUT {

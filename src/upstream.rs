@@ -261,18 +261,20 @@ async fn reap(pool: Weak<Pool>) {
 }
 
 /// A new connection, its HTTP/1 handshake done and its driver spawned.
-async fn connect(pool: Arc<Pool>) -> Result<Sender, Error> {
-    let stream = async {
-        match &pool.addr {
-            UpstreamAddr::Tcp { host, port } => {
-                let tcp = TcpStream::connect((host.as_str(), *port)).await?;
-                tcp.set_nodelay(true)?;
-                Ok(UpstreamStream::Tcp(tcp))
-            }
-            UpstreamAddr::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
+/// Opens a socket to the app (small requests must not wait for Nagle).
+async fn dial(addr: &UpstreamAddr) -> io::Result<UpstreamStream> {
+    match addr {
+        UpstreamAddr::Tcp { host, port } => {
+            let tcp = TcpStream::connect((host.as_str(), *port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(UpstreamStream::Tcp(tcp))
         }
-    };
-    let stream = match tokio::time::timeout(pool.connect_timeout, stream).await {
+        UpstreamAddr::Unix(path) => UnixStream::connect(path).await.map(UpstreamStream::Unix),
+    }
+}
+
+async fn connect(pool: Arc<Pool>) -> Result<Sender, Error> {
+    let stream = match tokio::time::timeout(pool.connect_timeout, dial(&pool.addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(Error::new(Kind::Connect, e)),
         Err(_) => {
@@ -360,11 +362,7 @@ pub async fn wait_ready(
         if shared.app_gone.load(std::sync::atomic::Ordering::Acquire) || shared.drain.is_draining() {
             return;
         }
-        let accepts = match &addr {
-            UpstreamAddr::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.is_ok(),
-            UpstreamAddr::Unix(path) => UnixStream::connect(path).await.is_ok(),
-        };
-        if !accepts {
+        if dial(&addr).await.is_err() {
             continue;
         }
         if let Some(path) = &ready_path {

@@ -33,10 +33,7 @@ pub enum TunnelEnd {
 
 /// True when a `101` response switched to WebSocket.
 pub fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"))))
+    crate::proxy::has_token(headers, header::UPGRADE, "websocket")
 }
 
 /// Copies between the client's and the app's upgraded sockets until both
